@@ -1,0 +1,298 @@
+"""Running one backup: sources → tar → encrypt → share, manifest last.
+
+The order of events, and what each failure leaves behind:
+
+1. The data key is wrapped before the share is touched: a certificate problem writes
+   nothing.
+2. The stamp lock is taken (:class:`~shared.errors.LockHeldError` if another backup
+   runs).
+3. Each component is streamed to ``<component>.bin`` (or its region folder). A source
+   that cannot be read fails only its component; a share failure fails the backup.
+4. ``manifest.json`` is written last, atomically. No manifest, no backup: a failed
+   backup's folder is removed at once when the share still answers, and otherwise by
+   the next ``prune``.
+
+The function raises on failure (the error carries the alert) and returns the manifest
+on success or partial success.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.archive import ArchiveStats, tar_stream
+from shared.encryption import (
+    COMPRESSION_NAMES,
+    COMPRESSION_NONE,
+    DEFAULT_SEGMENT_SIZE,
+    FORMAT_VERSION,
+    encrypt_stream,
+    new_data_key,
+)
+from shared.errors import GeneralFault, InfraBackupError
+from shared.keys import KeyWrapper
+from shared.layout import StampLayout, format_timestamp
+from shared.manifest import ComponentRecord, Manifest
+from shared.settings import Settings, SourceSpec
+from shared.share.base import Share, parent_and_name
+from shared.sources import Source, SourceError, open_source
+
+log = logging.getLogger("infrabackup.backup")
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Progress(Protocol):
+    """Receives progress; the CLI draws a bar, the Functions log milestones."""
+
+    def start(self, total_bytes: int | None) -> None: ...
+
+    def component(self, name: str) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Observer(Protocol):
+    """Hooks for telemetry: one span per component."""
+
+    def component(self, name: str) -> AbstractContextManager[object]: ...
+
+
+class NullProgress:
+    def start(self, total_bytes: int | None) -> None:
+        pass
+
+    def component(self, name: str) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class NullObserver:
+    def component(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
+@dataclass
+class BackupOptions:
+    """Stream parameters (see docs/FORMAT.md); defaults suit the share and memory bounds."""
+
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    compression: int = COMPRESSION_NONE
+
+
+@dataclass
+class BackupContext:
+    """Everything a backup depends on, passed in."""
+
+    settings: Settings
+    share: Share
+    wrapper: KeyWrapper
+    clock: Clock = utcnow
+    progress: Progress = field(default_factory=NullProgress)
+    observer: Observer = field(default_factory=NullObserver)
+    options: BackupOptions = field(default_factory=BackupOptions)
+    open_source: Callable[[SourceSpec], Source] = open_source
+
+
+def stamp_layout(settings: Settings) -> StampLayout:
+    """The share layout of the configured stamp (domain and region required)."""
+    settings.require("BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION")
+    assert settings.external_domain and settings.region
+    return StampLayout(settings.external_domain, settings.region, settings.scale_unit)
+
+
+def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
+    """Run one backup of every configured source; return its manifest.
+
+    Raises the share's error (with its alert) when the backup failed, after removing
+    what it wrote; GeneralFault when every component failed.
+    """
+    settings = ctx.settings
+    settings.require(
+        "BACKUP_SHARE_PATH", "BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION", "BACKUP_SOURCES",
+        "BACKUP_STAMP_VERSION",
+    )
+    layout = stamp_layout(settings)
+    backup_id = backup_id or str(uuid.uuid4())
+    created = ctx.clock()
+    timestamp = format_timestamp(created)
+    data_key = new_data_key()
+    encryption = ctx.wrapper.wrap(data_key, backup_id)
+    log.info("backup %s starting: %d component(s) to %s", backup_id,
+             len(settings.sources), ctx.share.description)
+
+    written: list[str] = []
+    with ctx.share.lock(layout.lock, f"backup {backup_id}"):
+        try:
+            ctx.share.make_dirs(layout.backup_dir(timestamp, backup_id))
+            ctx.progress.start(_estimate(ctx))
+            records = [
+                _backup_component(ctx, layout, spec, timestamp, backup_id, data_key, written)
+                for spec in settings.sources
+            ]
+            ctx.progress.finish()
+            succeeded = [r for r in records if r.status == "Succeeded"]
+            if not succeeded:
+                raise GeneralFault(
+                    "Every component failed: "
+                    + "; ".join(f"{r.name}: {r.message}" for r in records)
+                )
+            manifest = Manifest(
+                backup_id=backup_id,
+                timestamp=timestamp,
+                status="Succeeded" if len(succeeded) == len(records) else "PartialSucceeded",
+                created=created,
+                completed=ctx.clock(),
+                stamp={
+                    "externalDomain": layout.domain,
+                    "region": layout.region,
+                    "scaleUnit": layout.scale_unit,
+                    "version": settings.stamp_version,
+                },
+                encryption=encryption,
+                components=records,
+                warnings=list(ctx.wrapper.warnings),
+                stream={
+                    "format": FORMAT_VERSION,
+                    "segmentSize": ctx.options.segment_size,
+                    "compression": COMPRESSION_NAMES[ctx.options.compression],
+                },
+            )
+            ctx.share.write_stream(
+                layout.manifest(timestamp, backup_id), [manifest.seal(data_key)]
+            )
+        except BaseException as exc:
+            _clean_up(ctx.share, layout, timestamp, backup_id, written)
+            if isinstance(exc, InfraBackupError):
+                log.error("backup %s failed: %s [%s]", backup_id, exc.message, exc.alert.title)
+            raise
+    log.info("backup %s %s: %d bytes", backup_id, manifest.status, manifest.size_bytes)
+    return manifest
+
+
+def _estimate(ctx: BackupContext) -> int | None:
+    """Total file bytes, for a progress bar; None when nobody draws one."""
+    if isinstance(ctx.progress, NullProgress):
+        return None
+    total = 0
+    for spec in ctx.settings.sources:
+        try:
+            total += sum(e.size for e in ctx.open_source(spec).entries() if e.kind == "file")
+        except (SourceError, OSError):
+            continue
+    return total
+
+
+def _backup_component(
+    ctx: BackupContext,
+    layout: StampLayout,
+    spec: SourceSpec,
+    timestamp: str,
+    backup_id: str,
+    data_key: bytes,
+    written: list[str],
+) -> ComponentRecord:
+    path = layout.component_file(timestamp, backup_id, spec.name, spec.scope)
+    record = ComponentRecord(name=spec.name, scope=spec.scope, source_type=spec.type,
+                             status="Failed")
+    stats = ArchiveStats()
+    digest = hashlib.sha256()
+    started = time.monotonic()
+    ctx.progress.component(spec.name)
+    with ctx.observer.component(spec.name):
+        try:
+            if spec.scope == "region":
+                ctx.share.make_dirs(parent_and_name(path)[0])
+            source = ctx.open_source(spec)
+            plain = _guard_source(spec, tar_stream(source, stats, ctx.progress.advance))
+            cipher = encrypt_stream(plain, data_key, spec.name,
+                                    segment_size=ctx.options.segment_size,
+                                    compression=ctx.options.compression)
+            written.append(path)
+            record.ciphertext_bytes = ctx.share.write_stream(path, _hashed(cipher, digest))
+        except SourceError as exc:
+            # write_stream removed its temporary file; nothing of this component is left.
+            record.message = exc.message
+            log.warning("component %s failed: %s", spec.name, exc.message)
+            return record
+    record.duration_seconds = time.monotonic() - started
+    record.plaintext_bytes = stats.bytes
+    record.files, record.folders = stats.files, stats.folders
+    record.changed, record.vanished, record.skipped = stats.changed, stats.vanished, stats.skipped
+    if stats.unreadable:
+        ctx.share.remove(path)
+        written.remove(path)
+        record.message = (
+            f"{len(stats.unreadable)} file(s) could not be read (permission denied): "
+            + ", ".join(stats.unreadable[:10])
+        )
+        log.warning("component %s failed: %s", spec.name, record.message)
+        return record
+    record.status = "Succeeded"
+    record.file = path
+    record.sha256 = digest.hexdigest()
+    notes = []
+    if stats.changed:
+        notes.append(f"{len(stats.changed)} file(s) changed during backup")
+    if stats.vanished:
+        notes.append(f"{len(stats.vanished)} file(s) vanished during backup")
+    if stats.skipped:
+        notes.append(f"{len(stats.skipped)} special file(s) skipped")
+    record.message = "; ".join(notes) or None
+    return record
+
+
+def _guard_source(spec: SourceSpec, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Turn the source's own I/O errors into SourceError, so no share alert is raised."""
+    try:
+        yield from chunks
+    except OSError as exc:
+        raise SourceError(
+            f"source {spec.name}: read error ({exc.strerror or exc})."
+        ) from exc
+
+
+def _hashed(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def _clean_up(
+    share: Share, layout: StampLayout, timestamp: str, backup_id: str, written: list[str]
+) -> None:
+    """Best effort: remove a failed backup's files. What stays, the next prune removes."""
+    try:
+        for path in written:
+            if not path.startswith(layout.masbackup + "/"):
+                share.remove(path)
+        share.remove_tree(layout.backup_dir(timestamp, backup_id))
+        remove_if_empty(share, f"{layout.masbackup}/{timestamp}")
+    except InfraBackupError as exc:
+        log.warning("could not remove the failed backup %s yet (%s); the next prune will",
+                    backup_id, exc.message)
+
+
+def remove_if_empty(share: Share, path: str) -> None:
+    """Remove the folder ``path`` if nothing is left in it."""
+    if share.stat(path) is not None and not share.list_dir(path):
+        share.remove_tree(path)

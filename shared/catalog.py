@@ -1,0 +1,95 @@
+"""Finding backups on the share: finished ones (with a manifest) and incomplete ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from shared.errors import IntegrityError, NotFoundError
+from shared.layout import (
+    MANIFEST,
+    StampLayout,
+    backup_id_or_none,
+    parse_backup_id,
+    parse_timestamp,
+)
+from shared.manifest import Manifest
+from shared.share.base import Share, join
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """A backup folder without a (valid) manifest: a failed or running backup."""
+
+    backup_id: str
+    timestamp: str
+    created: dt.datetime
+    path: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    backups: list[Manifest] = field(default_factory=list)  # newest first
+    incomplete: list[Incomplete] = field(default_factory=list)
+
+
+def read_manifest(share: Share, path: str) -> Manifest:
+    raw = bytearray()
+    for chunk in share.read_stream(path):
+        raw += chunk
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{path} is larger than any manifest; refusing to read it.")
+    return Manifest.parse(bytes(raw), path)
+
+
+def list_backups(share: Share, layout: StampLayout) -> Listing:
+    """All backups of the stamp, newest first. Unrelated folders are ignored."""
+    listing = Listing()
+    if share.stat(layout.masbackup) is None:
+        return listing
+    for ts_entry in share.list_dir(layout.masbackup):
+        created = parse_timestamp(ts_entry.name)
+        if not ts_entry.is_dir or created is None:
+            continue
+        ts_path = join(layout.masbackup, ts_entry.name)
+        for id_entry in share.list_dir(ts_path):
+            backup_id = backup_id_or_none(id_entry.name)
+            if backup_id is None or not id_entry.is_dir:
+                continue  # not a backup folder: not ours to judge
+            folder = join(ts_path, id_entry.name)
+            manifest_path = join(folder, MANIFEST)
+            if share.stat(manifest_path) is None:
+                listing.incomplete.append(
+                    Incomplete(backup_id, ts_entry.name, created, folder, "no manifest")
+                )
+                continue
+            try:
+                listing.backups.append(read_manifest(share, manifest_path))
+            except IntegrityError as exc:
+                listing.incomplete.append(
+                    Incomplete(backup_id, ts_entry.name, created, folder, exc.message)
+                )
+    listing.backups.sort(key=lambda m: (m.created, m.backup_id), reverse=True)
+    listing.incomplete.sort(key=lambda i: i.created, reverse=True)
+    return listing
+
+
+def find_backup(share: Share, layout: StampLayout, backup_id: str) -> Manifest:
+    """The finished backup with this id; NotFoundError (saying why) otherwise."""
+    wanted = parse_backup_id(backup_id)
+    listing = list_backups(share, layout)
+    for manifest in listing.backups:
+        if manifest.backup_id == wanted:
+            return manifest
+    for item in listing.incomplete:
+        if item.backup_id == wanted:
+            raise NotFoundError(
+                f"Backup {wanted} is not usable: {item.reason} (a failed or unfinished "
+                "backup). 'infrabackup list' shows the finished ones."
+            )
+    raise NotFoundError(
+        f"No backup {wanted} under {layout.masbackup}. 'infrabackup list' shows the backups."
+    )

@@ -1,0 +1,517 @@
+"""The ``infrabackup`` command: the service's operations, run locally.
+
+Exit codes: 0 success; 1 the operation failed (the alert's name and remediation on
+stderr); 2 usage or configuration error; 3 refused (maintenance window, another backup
+running, version gap). Every command takes ``--json``: one JSON document on stdout,
+errors as ``{"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shared import __version__
+from shared.backup import BackupContext, run_backup, stamp_layout, utcnow
+from shared.catalog import find_backup, list_backups
+from shared.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    InfraBackupError,
+)
+from shared.key_provider import decryption_keyring, encryption_wrapper, require_decryption
+from shared.keys import generate_certificate, generate_legacy_key
+from shared.maintenance import (
+    MaintenanceWindow,
+    ShareMaintenanceStore,
+    check_operation,
+    refuse_if_open,
+)
+from shared.manifest import Manifest
+from shared.progress import progress_for
+from shared.restore import restore_backup, verify_backup
+from shared.retention import apply_prune, plan_prune
+from shared.settings import Settings, load_settings
+from shared.share import Share, open_share
+from shared.share_check import check_share
+
+F = TypeVar("F", bound=Callable[..., Any])
+MIB = 1024 * 1024
+
+
+class Runtime:
+    """Per-invocation state: settings loaded once, the share opened once and closed."""
+
+    def __init__(self, settings_file: str | None) -> None:
+        self.settings_file = settings_file
+        self._settings: Settings | None = None
+        self._share: Share | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(settings_file=self.settings_file)
+        return self._settings
+
+    @property
+    def share(self) -> Share:
+        if self._share is None:
+            self._share = open_share(self.settings)
+        return self._share
+
+    def close(self) -> None:
+        if self._share is not None:
+            self._share.close()
+
+
+def json_option(func: F) -> F:
+    """Add ``--json`` to a command."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document instead of text."
+    )(func)
+
+
+def emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text)
+
+
+def runtime() -> Runtime:
+    obj = click.get_current_context().obj
+    assert isinstance(obj, Runtime)
+    return obj
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--settings", "settings_file", metavar="FILE",
+    help="A local.settings.json whose Values are used (they win over the environment).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+@click.version_option(__version__, prog_name="infrabackup")
+@click.pass_context
+def cli(ctx: click.Context, settings_file: str | None, verbose: bool) -> None:
+    """Infrastructure Backup Service: encrypted backups of control-plane state to a share.
+
+    Settings come from the environment (or --settings FILE); see the README's table.
+    Start with 'infrabackup demo' to see a backup, verify and restore on sample data.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    runtime_ = Runtime(settings_file)
+    ctx.obj = runtime_
+    ctx.call_on_close(runtime_.close)
+
+
+# --- keygen ---------------------------------------------------------------------------
+
+
+def _read_password(password_file: str | None) -> str:
+    if password_file:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"--password-file: cannot read {password_file} ({exc.strerror})."
+            ) from None
+    elif sys.stdin.isatty():
+        password = getpass.getpass("PFX password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            raise ConfigError("The two passwords differ; nothing was written.")
+    else:
+        raise ConfigError(
+            "keygen needs the PFX password: give --password-file FILE (stdin is not a terminal)."
+        )
+    if len(password) < 8:
+        raise ConfigError("The PFX password must have at least 8 characters.")
+    return password
+
+
+@cli.command()
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the files.")
+@click.option("--name", default="infrabackup", show_default=True, help="File name stem.")
+@click.option("--legacy-key", is_flag=True, help="Make a legacy (1811 and older) key instead.")
+@click.option("--password-file", metavar="FILE", help="File holding the PFX password.")
+@json_option
+def keygen(out_dir: str, name: str, legacy_key: bool, password_file: str | None,
+           as_json: bool) -> int:
+    """Make a self-signed encryption certificate (NAME.cer, NAME.pfx) or a legacy key."""
+    from shared.settings import is_safe_name
+
+    if not is_safe_name(name):
+        raise ConfigError(f"--name: '{name}' is not a safe file name. Example: backup-2026.")
+    out = Path(out_dir)
+    targets = [out / f"{name}.key"] if legacy_key else [out / f"{name}.cer", out / f"{name}.pfx"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise ConfigError(f"--out: {', '.join(existing)} already exist(s); nothing was "
+                          "overwritten. Choose another --name or folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    if legacy_key:
+        _write_private(targets[0], (generate_legacy_key() + "\n").encode())
+        emit(as_json, {"keyFile": str(targets[0])},
+             f"Legacy key written to {targets[0]} (set its content as BACKUP_ENCRYPTION_KEY; "
+             "keep it in Key Vault).")
+        return EXIT_OK
+    generated = generate_certificate(name, _read_password(password_file))
+    targets[0].write_bytes(generated.cer_der)
+    _write_private(targets[1], generated.pfx)
+    data = {
+        "certificate": str(targets[0]),
+        "pfx": str(targets[1]),
+        "thumbprint": generated.thumbprint,
+        "thumbprintSha256": generated.thumbprint_sha256,
+        "notAfter": generated.not_after.isoformat(),
+    }
+    emit(as_json, data,
+         f"Certificate: {targets[0]} (BACKUP_ENCRYPTION_CERT)\n"
+         f"PFX:         {targets[1]} (BACKUP_DECRYPTION_CERT; keep it off the share)\n"
+         f"Thumbprint:  {generated.thumbprint}\nExpires:     {generated.not_after:%Y-%m-%d}")
+    return EXIT_OK
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+# --- check / backup ---------------------------------------------------------------------
+
+
+@cli.command()
+@json_option
+def check(as_json: bool) -> int:
+    """Check that the share is reachable, authenticates, is writable, and its capacity."""
+    rt = runtime()
+    settings = rt.settings
+    settings.require("BACKUP_SHARE_PATH")
+    layout = stamp_layout(settings) if settings.external_domain and settings.region else None
+    report = check_share(rt.share, layout)
+    cap = report.capacity
+    assert cap is not None
+    data = {"share": report.share, "steps": report.steps, "freeBytes": cap.free_bytes,
+            "totalBytes": cap.total_bytes}
+    emit(as_json, data,
+         f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
+         f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
+         f"{cap.total_bytes / 1024**3:.1f} GiB")
+    return EXIT_OK
+
+
+@cli.command()
+@json_option
+def backup(as_json: bool) -> int:
+    """Run one backup of every source now; print its id."""
+    rt = runtime()
+    settings = rt.settings
+    settings.require("BACKUP_SHARE_PATH", "BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION",
+                     "BACKUP_SOURCES", "BACKUP_STAMP_VERSION")
+    layout = stamp_layout(settings)
+    wrapper = encryption_wrapper(settings, utcnow())
+    refuse_if_open(ShareMaintenanceStore(rt.share, layout))
+    ctx = BackupContext(settings, rt.share, wrapper)
+    bar = progress_for(as_json)
+    if bar:
+        ctx.progress = bar
+    manifest = run_backup(ctx)
+    for warning in manifest.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    failed = [c for c in manifest.components if c.status != "Succeeded"]
+    for comp in failed:
+        click.echo(f"warning: component {comp.name} failed: {comp.message}", err=True)
+    emit(as_json, {"backupId": manifest.backup_id, **_summary(manifest)},
+         f"Backup {manifest.backup_id} {manifest.status}: {len(manifest.components)} "
+         f"component(s), {manifest.size_bytes / MIB:.1f} MiB in "
+         f"{manifest.duration_seconds:.1f} s.\n{manifest.backup_id}")
+    return EXIT_OK
+
+
+# --- list / show -------------------------------------------------------------------------
+
+
+def _summary(m: Manifest) -> dict[str, Any]:
+    return {
+        "backupId": m.backup_id,
+        "status": m.status,
+        "createdUtc": m.created.isoformat(),
+        "completedUtc": m.completed.isoformat(),
+        "timeTakenSeconds": round(m.duration_seconds, 3),
+        "sizeBytes": m.size_bytes,
+        "stampVersion": m.stamp_version,
+        "thumbprint": m.thumbprint,
+        "encryptionMode": m.encryption.get("mode"),
+        "components": [{"name": c.name, "status": c.status} for c in m.components],
+    }
+
+
+@cli.command("list")
+@json_option
+def list_command(as_json: bool) -> int:
+    """The backups on the share, newest first."""
+    rt = runtime()
+    listing = list_backups(rt.share, stamp_layout(rt.settings))
+    data = {
+        "backups": [_summary(m) for m in listing.backups],
+        "incomplete": [
+            {"backupId": i.backup_id, "createdUtc": i.created.isoformat(), "reason": i.reason}
+            for i in listing.incomplete
+        ],
+    }
+    lines = [f"{'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  {'TIME':>7}  "
+             f"{'SIZE':>10}  {'VERSION':12}  CERTIFICATE / KEY"]
+    for m in listing.backups:
+        lines.append(
+            f"{m.backup_id:36}  {m.status:16}  {m.created:%Y-%m-%d %H:%M:%S}  "
+            f"{m.duration_seconds:6.1f}s  {m.size_bytes / MIB:7.1f} MiB  {m.stamp_version:12}  "
+            f"{m.thumbprint or m.encryption.get('keyId', '')}"
+        )
+    for i in listing.incomplete:
+        lines.append(f"{i.backup_id:36}  {'Incomplete':16}  {i.created:%Y-%m-%d %H:%M:%S}  "
+                     f"({i.reason}; 'prune' removes it)")
+    if len(lines) == 1:
+        lines = ["No backups yet."]
+    emit(as_json, data, "\n".join(lines))
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("backup_id")
+@json_option
+def show(backup_id: str, as_json: bool) -> int:
+    """One backup: status, times, size, version, certificate, components."""
+    rt = runtime()
+    m = find_backup(rt.share, stamp_layout(rt.settings), backup_id)
+    lines = [
+        f"Backup:       {m.backup_id}",
+        f"Status:       {m.status}",
+        f"Created:      {m.created:%Y-%m-%d %H:%M:%S} UTC",
+        f"Time taken:   {m.duration_seconds:.1f} s",
+        f"Size:         {m.size_bytes} bytes",
+        f"Stamp:        {m.stamp.get('externalDomain')} / {m.stamp.get('region')}"
+        + (f" / {m.stamp['scaleUnit']}" if m.stamp.get("scaleUnit") else ""),
+        f"Version:      {m.stamp_version}",
+        f"Encryption:   {m.encryption.get('mode')} "
+        f"{m.thumbprint or m.encryption.get('keyId', '')}",
+        "Components:",
+    ]
+    for c in m.components:
+        lines.append(f"  {c.name:24} {c.status:10} {c.scope:7} {c.files:6} files "
+                     f"{c.plaintext_bytes:>14} bytes" + (f"  ({c.message})" if c.message else ""))
+    lines += [f"Warning:      {w}" for w in m.warnings]
+    emit(as_json, m.to_dict(), "\n".join(lines))
+    return EXIT_OK
+
+
+# --- verify / restore ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("backup_id")
+@json_option
+def verify(backup_id: str, as_json: bool) -> int:
+    """Check every component's digest; with BACKUP_DECRYPTION_CERT, decrypt and authenticate."""
+    rt = runtime()
+    settings = rt.settings
+    layout = stamp_layout(settings)
+    manifest = find_backup(rt.share, layout, backup_id)
+    ring = decryption_keyring(settings)
+    keyring = ring if ring.can_unwrap(manifest.encryption) else None
+    report = verify_backup(rt.share, layout, manifest.backup_id, keyring,
+                           progress_for(as_json, "verifying"))
+    data = {
+        "backupId": report.backup_id,
+        "ok": report.ok,
+        "contentsChecked": report.contents_checked,
+        "components": [{"name": c.name, "ok": c.ok, "message": c.message}
+                       for c in report.components],
+    }
+    lines = [f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.message}" for c in report.components]
+    if not report.contents_checked:
+        lines.append("Digests only: set BACKUP_DECRYPTION_CERT (the PFX) to decrypt and "
+                     "authenticate every segment too.")
+    emit(as_json, data, "\n".join(lines))
+    if not report.ok:
+        bad = ", ".join(c.name for c in report.components if not c.ok)
+        click.echo(f"error: backup {report.backup_id} failed verification: {bad}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("backup_id")
+@click.option("--to", "to_dir", metavar="DIR", help="Restore into DIR/<component>/.")
+@click.option("--to-sources", is_flag=True, help="Restore each component to its source.")
+@click.option("--component", metavar="NAME", help="Only this component.")
+@click.option("--target-version", metavar="V",
+              help="The version of the redeployed stamp (the version rule is checked).")
+@json_option
+def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str | None,
+            target_version: str | None, as_json: bool) -> int:
+    """Decrypt a backup with the PFX and restore it."""
+    if bool(to_dir) == to_sources:
+        raise ConfigError("restore: give exactly one of --to DIR or --to-sources.")
+    if to_sources:
+        raise ConfigError("--to-sources: restoring into the sources is not available in this "
+                          "build yet; use --to DIR.")
+    rt = runtime()
+    settings = rt.settings
+    ring = decryption_keyring(settings)
+    require_decryption(ring)
+    assert to_dir is not None
+    result = restore_backup(
+        rt.share, stamp_layout(settings), backup_id, ring, Path(to_dir),
+        component=component, target_version=target_version,
+        progress=progress_for(as_json, "restoring"),
+    )
+    data = {"backupId": result.backup_id, "destination": str(result.destination),
+            "components": result.components}
+    emit(as_json, data, "\n".join(
+        f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
+        for c in result.components))
+    return EXIT_OK
+
+
+# --- prune / maintenance ----------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@json_option
+def prune(dry_run: bool, as_json: bool) -> int:
+    """Apply retention (BACKUP_RETENTION_DAYS) and remove incomplete backups."""
+    rt = runtime()
+    settings = rt.settings
+    layout = stamp_layout(settings)
+    regional = {s.name for s in settings.sources if s.scope == "region"}
+
+    def plan() -> Any:
+        return plan_prune(rt.share, layout, utcnow(), settings.retention_days, regional)
+
+    if dry_run:
+        result = plan()
+    else:
+        with rt.share.lock(layout.lock, "prune"):
+            result = plan()
+            apply_prune(rt.share, layout, result)
+    data = {
+        "dryRun": dry_run,
+        "pathsToDelete": result.paths,
+        "backups": [{"backupId": i.backup_id, "createdUtc": i.created.isoformat(),
+                     "reason": i.reason} for i in result.delete],
+        "kept": result.kept,
+    }
+    verb = "Would delete" if dry_run else "Deleted"
+    lines = [f"{verb} {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z, {i.reason})"
+             for i in result.delete] or ["Nothing to delete."]
+    lines.append(f"Kept {result.kept} backup(s).")
+    emit(as_json, data, "\n".join(lines))
+    return EXIT_OK
+
+
+@cli.group()
+def maintenance() -> None:
+    """The update/FRU window during which backups are skipped or refused."""
+
+
+def _maintenance_store() -> ShareMaintenanceStore:
+    rt = runtime()
+    return ShareMaintenanceStore(rt.share, stamp_layout(rt.settings))
+
+
+@maintenance.command("start")
+@click.option("--operation", type=click.Choice(["update", "fru"]), required=True)
+@json_option
+def maintenance_start(operation: str, as_json: bool) -> int:
+    """Open the window: scheduled backups are skipped, on-demand ones refused."""
+    window = MaintenanceWindow(check_operation(operation), utcnow(), f"cli:{getpass.getuser()}")
+    _maintenance_store().start(window)
+    emit(as_json, {"open": True, **window.to_dict()},
+         f"Maintenance window open ({operation}); backups will not run until "
+         "'infrabackup maintenance end'.")
+    return EXIT_OK
+
+
+@maintenance.command("end")
+@json_option
+def maintenance_end(as_json: bool) -> int:
+    """Close the window."""
+    window = _maintenance_store().end()
+    emit(as_json, {"open": False, "ended": window.to_dict() if window else None},
+         "Maintenance window closed." if window else "No maintenance window was open.")
+    return EXIT_OK
+
+
+@maintenance.command("status")
+@json_option
+def maintenance_status(as_json: bool) -> int:
+    """Whether a window is open."""
+    window = _maintenance_store().current()
+    emit(as_json, {"open": window is not None, **(window.to_dict() if window else {})},
+         f"Open: {window.operation} since {window.started:%Y-%m-%d %H:%M:%S}Z by "
+         f"{window.started_by}" if window else "No maintenance window is open.")
+    return EXIT_OK
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--dir", "work_dir", default=".infrabackup-demo", show_default=True,
+              metavar="DIR", help="Where the demo share, keys and restore go.")
+@json_option
+def demo(work_dir: str, as_json: bool) -> int:
+    """Back up bundled sample data to a local folder share, verify, restore, compare."""
+    from shared.demo import run_demo
+
+    result = run_demo(Path(work_dir), echo=None if as_json else click.echo,
+                      progress=progress_for(as_json))
+    if as_json:
+        emit(True, result, "")
+    return EXIT_OK if result["identical"] else EXIT_FAILED
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def _report(exc: InfraBackupError, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": exc.to_dict()}, indent=2))
+    prefix = {2: "error", 3: "refused"}.get(exc.exit_code, "error")
+    click.echo(f"{prefix}: {exc.message}", err=True)
+    if exc.exit_code == EXIT_FAILED:
+        click.echo(f"alert: {exc.alert.title}", err=True)
+        click.echo(f"remediation: {exc.alert.remediation}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the command, map errors to exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    try:
+        code = cli.main(args=args, prog_name="infrabackup", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_USAGE
+    except InfraBackupError as exc:
+        _report(exc, as_json)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+

@@ -1,0 +1,254 @@
+"""The encrypted stream format (version 1) and the manifest MAC. See docs/FORMAT.md.
+
+A component stream is a 28-byte header followed by segments::
+
+    header  = magic "IBKS" | version u8 = 1 | compression u8 | reserved u16 = 0
+              | segment_size u32 BE | salt 16 bytes
+    segment = AES-256-GCM(stream_key, nonce(i, last), plaintext_i, aad=header)
+
+``stream_key = HKDF-SHA256(data_key, salt, info="infrabackup stream v1|" + component)``,
+so every component of every backup has its own key; ``nonce = i as 11 bytes BE | last``
+where ``last`` is 1 only on the final segment. Every segment but the last holds exactly
+``segment_size`` plaintext bytes; the last holds 0..segment_size. Hence:
+
+* a flipped byte anywhere fails a tag (or the header's AAD);
+* reordered or dropped segments fail (the index is in the nonce);
+* truncation fails (the stream must end on a segment marked last);
+* moving a stream to another component or backup fails (the key differs).
+
+Memory: one segment in, one out; nothing grows with the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shared.errors import IntegrityError
+
+MAGIC = b"IBKS"
+FORMAT_VERSION = 1
+DATA_KEY_BYTES = 32  # AES-256
+TAG_BYTES = 16  # GCM tag
+SALT_BYTES = 16
+HEADER = struct.Struct(">4sBBHI16s")  # magic, version, compression, reserved, seg size, salt
+HEADER_BYTES = HEADER.size  # 28
+DEFAULT_SEGMENT_SIZE = 1024 * 1024  # 1 MiB: small enough to bound memory, large to amortise
+MIN_SEGMENT_SIZE = 4 * 1024
+MAX_SEGMENT_SIZE = 16 * 1024 * 1024
+MAX_SEGMENTS = 2**64  # nonce counter width far exceeds any stream
+
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+COMPRESSION_NAMES = {COMPRESSION_NONE: "none", COMPRESSION_ZSTD: "zstd"}
+
+_STREAM_INFO = b"infrabackup stream v1|"
+_MANIFEST_INFO = b"infrabackup manifest v1"
+
+
+def new_data_key() -> bytes:
+    """A fresh random 256-bit data key: one per backup, never written unwrapped."""
+    return os.urandom(DATA_KEY_BYTES)
+
+
+def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
+
+
+def _nonce(index: int, last: bool) -> bytes:
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def encrypt_stream(
+    chunks: Iterable[bytes],
+    data_key: bytes,
+    component: str,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    compression: int = COMPRESSION_NONE,
+) -> Iterator[bytes]:
+    """Yield the encrypted stream (header, then one item per segment) for ``chunks``."""
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment size {segment_size} out of range")
+    salt = os.urandom(SALT_BYTES)
+    header = HEADER.pack(MAGIC, FORMAT_VERSION, compression, 0, segment_size, salt)
+    aead = AESGCM(_hkdf(data_key, salt, _STREAM_INFO + component.encode("utf-8")))
+    yield header
+    if compression == COMPRESSION_ZSTD:
+        chunks = _zstd_compress(chunks)
+    # Hold one segment back so the final one can be marked: the stream may end on a
+    # segment boundary, in which case the last segment is empty.
+    pending: bytes | None = None
+    index = 0
+    for piece in _records(chunks, segment_size, empty_tail=True):
+        if pending is not None:
+            yield aead.encrypt(_nonce(index, False), pending, header)
+            index += 1
+        pending = piece
+    yield aead.encrypt(_nonce(index, True), pending or b"", header)
+
+
+def parse_header(header: bytes, what: str) -> tuple[int, int, bytes]:
+    """Check a stream header; return (compression, segment_size, salt)."""
+    if len(header) < HEADER_BYTES:
+        raise IntegrityError(f"{what}: the stream is shorter than its header.", component=what)
+    magic, version, compression, reserved, segment_size, salt = HEADER.unpack(
+        header[:HEADER_BYTES]
+    )
+    if magic != MAGIC:
+        raise IntegrityError(f"{what}: not an infrabackup stream (bad magic).", component=what)
+    if version != FORMAT_VERSION:
+        raise IntegrityError(
+            f"{what}: stream format version {version} is not supported (this build reads "
+            f"version {FORMAT_VERSION}).",
+            component=what,
+        )
+    if (
+        compression not in COMPRESSION_NAMES
+        or reserved != 0
+        or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE
+    ):
+        raise IntegrityError(f"{what}: the stream header is corrupt.", component=what)
+    return compression, segment_size, salt
+
+
+def decrypt_stream(chunks: Iterable[bytes], data_key: bytes, component: str) -> Iterator[bytes]:
+    """Yield authenticated plaintext of an encrypted stream.
+
+    Each yielded piece is authenticated before it is yielded, but the stream as a whole
+    is only known to be complete when the generator finishes without error: callers
+    must not commit what they wrote until then. Raises IntegrityError naming the
+    component on any tampering, truncation, reordering or trailing data.
+    """
+    it = iter(chunks)
+    header = _take(it, HEADER_BYTES)
+    compression, segment_size, salt = parse_header(header.first, component)
+    aead = AESGCM(_hkdf(data_key, salt, _STREAM_INFO + component.encode("utf-8")))
+
+    def plaintexts() -> Iterator[bytes]:
+        index = 0
+        pending: bytes | None = None
+        for record in _records(header.rest, segment_size + TAG_BYTES):
+            if pending is not None:
+                # A record followed by more data is not the last: its nonce says so.
+                yield _open(aead, index, False, pending, header.first, component)
+                index += 1
+            pending = record
+        if pending is None or len(pending) < TAG_BYTES:
+            raise IntegrityError(
+                f"{component}: the stream is truncated (it ends inside a segment).",
+                component=component,
+            )
+        yield _open(aead, index, True, pending, header.first, component)
+
+    if compression == COMPRESSION_ZSTD:
+        yield from _zstd_decompress(plaintexts(), component)
+    else:
+        yield from plaintexts()
+
+
+def _open(
+    aead: AESGCM, index: int, last: bool, record: bytes, header: bytes, component: str
+) -> bytes:
+    try:
+        return aead.decrypt(_nonce(index, last), record, header)
+    except InvalidTag:
+        raise IntegrityError(
+            f"{component}: segment {index} failed authentication: the backup file was "
+            "modified, truncated or reordered, or the key is wrong.",
+            component=component,
+        ) from None
+
+
+class _Split:
+    """The first ``n`` bytes of a chunk stream, and an iterator over the rest."""
+
+    def __init__(self, first: bytes, rest: Iterator[bytes]) -> None:
+        self.first = first
+        self.rest = rest
+
+
+def _take(it: Iterator[bytes], n: int) -> _Split:
+    buffer = bytearray()
+    for chunk in it:
+        buffer += chunk
+        if len(buffer) >= n:
+            break
+
+    def rest() -> Iterator[bytes]:
+        if len(buffer) > n:
+            yield bytes(buffer[n:])
+        yield from it
+
+    return _Split(bytes(buffer[:n]), rest())
+
+
+def _records(chunks: Iterable[bytes], size: int, *, empty_tail: bool = False) -> Iterator[bytes]:
+    """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer or empty_tail:
+        yield bytes(buffer)
+
+
+def _zstd_compress(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    for chunk in chunks:
+        out = compressor.compress(chunk)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
+def _zstd_decompress(chunks: Iterable[bytes], component: str) -> Iterator[bytes]:
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        for chunk in chunks:
+            out = decompressor.decompress(chunk)
+            if out:
+                yield out
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{component}: compressed data is corrupt ({exc}).") from None
+
+
+# --- manifest authentication ------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes the manifest MAC covers: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def manifest_mac(data_key: bytes, body: dict[str, Any]) -> str:
+    """HMAC-SHA256 (hex) of the manifest without its ``mac`` field."""
+    key = _hkdf(data_key, None, _MANIFEST_INFO)
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def check_manifest_mac(data_key: bytes, manifest: dict[str, Any]) -> None:
+    """Raise IntegrityError unless the manifest's ``mac`` matches its content."""
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    expected = manifest_mac(data_key, body)
+    if not hmac.compare_digest(expected, str(manifest.get("mac", ""))):
+        raise IntegrityError(
+            "manifest.json failed authentication: it was modified after the backup was "
+            "written."
+        )

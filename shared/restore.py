@@ -1,0 +1,220 @@
+"""Reading backups back: verify (digests, and with the key every segment) and restore.
+
+Restore never leaves a half-written component in place: every selected component is
+decrypted into a staging folder beside the target, and only when all of them have
+authenticated completely are they renamed into place. Any failure removes the staging
+folders and leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.archive import extract_stream
+from shared.backup import NullProgress, Progress
+from shared.catalog import find_backup
+from shared.encryption import check_manifest_mac, decrypt_stream
+from shared.errors import ConfigError, IntegrityError, NotFoundError
+from shared.keys import KeyRing
+from shared.layout import StampLayout
+from shared.manifest import ComponentRecord, Manifest
+from shared.share.base import Share
+from shared.versions import check_restore_allowed
+
+
+@dataclass
+class ComponentCheck:
+    name: str
+    ok: bool
+    message: str
+
+
+@dataclass
+class VerifyReport:
+    backup_id: str
+    contents_checked: bool
+    components: list[ComponentCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.components)
+
+
+def _component_path(manifest: Manifest, record: ComponentRecord) -> str:
+    """Where the component must be, derived from the manifest's stamp, never trusted."""
+    stamp = manifest.stamp
+    layout = StampLayout(stamp["externalDomain"], stamp["region"], stamp.get("scaleUnit"))
+    expected = layout.component_file(
+        manifest.timestamp, manifest.backup_id, record.name, record.scope
+    )
+    if record.file != expected:
+        raise IntegrityError(
+            f"{record.name}: the manifest names {record.file!r} where the component must be "
+            f"{expected!r}; the manifest was modified.",
+            component=record.name,
+        )
+    return expected
+
+
+def _checked_stream(
+    share: Share, manifest: Manifest, record: ComponentRecord, progress: Progress
+) -> Iterator[bytes]:
+    """The component's ciphertext; at its end, size and SHA-256 are checked."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in share.read_stream(_component_path(manifest, record)):
+        digest.update(chunk)
+        size += len(chunk)
+        progress.advance(len(chunk))
+        yield chunk
+    if size != record.ciphertext_bytes or digest.hexdigest() != record.sha256:
+        raise IntegrityError(
+            f"{record.name}: the backup file does not match its recorded digest "
+            f"({size} bytes read, {record.ciphertext_bytes} recorded): it was modified or "
+            "truncated.",
+            component=record.name,
+        )
+
+
+def _unlock(manifest: Manifest, keyring: KeyRing) -> bytes:
+    data_key = keyring.unwrap(manifest.encryption, manifest.backup_id)
+    check_manifest_mac(data_key, manifest.raw)
+    return data_key
+
+
+def verify_backup(
+    share: Share,
+    layout: StampLayout,
+    backup_id: str,
+    keyring: KeyRing | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Check every component; with a key ring, decrypt and authenticate every segment.
+
+    Never raises for a bad component: the report says which failed and why (the CLI
+    exits 1 naming them). Raises for what stops the whole check (no such backup, no
+    key for it, a manifest that fails authentication).
+    """
+    progress = progress or NullProgress()
+    manifest = find_backup(share, layout, backup_id)
+    data_key = _unlock(manifest, keyring) if keyring else None
+    report = VerifyReport(manifest.backup_id, contents_checked=data_key is not None)
+    progress.start(manifest.size_bytes)
+    for record in manifest.components:
+        if record.status != "Succeeded":
+            report.components.append(
+                ComponentCheck(record.name, True, f"not in this backup ({record.message})")
+            )
+            continue
+        progress.component(record.name)
+        try:
+            stream: Iterable[bytes] = _checked_stream(share, manifest, record, progress)
+            if data_key is not None:
+                stream = decrypt_stream(stream, data_key, record.name)
+            for _ in stream:
+                pass
+            what = "decrypted and authenticated" if data_key else "digest matches"
+            report.components.append(ComponentCheck(record.name, True, what))
+        except IntegrityError as exc:
+            report.components.append(ComponentCheck(record.name, False, exc.message))
+    progress.finish()
+    return report
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    destination: Path
+    components: list[dict[str, object]] = field(default_factory=list)
+
+
+def restore_backup(
+    share: Share,
+    layout: StampLayout,
+    backup_id: str,
+    keyring: KeyRing,
+    destination: Path,
+    *,
+    component: str | None = None,
+    target_version: str | None = None,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the backup's components into ``destination/<component>/``.
+
+    Refuses (RefusedError) a target version the version rule forbids; ConfigError if a
+    target folder already exists and is not empty. Writes nothing unless every selected
+    component authenticates completely.
+    """
+    progress = progress or NullProgress()
+    manifest = find_backup(share, layout, backup_id)
+    if target_version:
+        check_restore_allowed(manifest.stamp_version, target_version)
+    records = _select(manifest, component)
+    finals = {r.name: destination / r.name for r in records}
+    for name, final in finals.items():
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            raise ConfigError(
+                f"--to: {final} already exists and is not empty; restore into an empty "
+                f"folder (or remove {name} there first)."
+            )
+    data_key = _unlock(manifest, keyring)
+    destination.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
+    result = RestoreResult(manifest.backup_id, destination)
+    progress.start(sum(r.ciphertext_bytes for r in records))
+    try:
+        for record in records:
+            progress.component(record.name)
+            staging = destination / f".{record.name}.restoring-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            staged[record.name] = staging
+            stats = extract_stream(
+                decrypt_stream(
+                    _checked_stream(share, manifest, record, progress), data_key, record.name
+                ),
+                staging,
+            )
+            result.components.append(
+                {"name": record.name, "files": stats.files, "folders": stats.folders,
+                 "bytes": stats.bytes, "skipped": stats.skipped,
+                 "path": str(finals[record.name])}
+            )
+        # Everything authenticated: move into place.
+        for name, staging in staged.items():
+            final = finals[name]
+            if final.is_dir():
+                final.rmdir()  # checked empty above
+            os.rename(staging, final)
+    except BaseException:
+        for staging in staged.values():
+            with contextlib.suppress(OSError):
+                shutil.rmtree(staging)
+        raise
+    progress.finish()
+    return result
+
+
+def _select(manifest: Manifest, component: str | None) -> list[ComponentRecord]:
+    usable = [c for c in manifest.components if c.status == "Succeeded"]
+    if component is None:
+        return usable
+    record = manifest.component(component)
+    if record is None:
+        names = ", ".join(c.name for c in manifest.components)
+        raise NotFoundError(
+            f"--component: backup {manifest.backup_id} has no component '{component}'; it "
+            f"has: {names}."
+        )
+    if record.status != "Succeeded":
+        raise NotFoundError(
+            f"--component: {record.name} failed in backup {manifest.backup_id} "
+            f"({record.message}); pick another backup."
+        )
+    return [record]

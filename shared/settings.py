@@ -1,0 +1,544 @@
+"""Settings: read from the environment or a local.settings.json, validated before use.
+
+Every setting of the brief is read here and nowhere else. :func:`load_settings` returns
+a frozen :class:`Settings`; a bad value raises :class:`~shared.errors.ConfigError` whose
+message names the setting, says what is wrong and gives an example of a good value.
+All problems are collected first, so an operator sees every bad setting at once.
+
+Secrets (the share password, the legacy key, the PFX password) are held in
+:class:`Secret`, whose ``repr`` and ``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+#: Component and OEM folder names: safe on Windows and POSIX shares alike.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DNS_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {
+    f"LPT{i}" for i in range(1, 10)
+}
+
+SOURCE_TYPES = ("directory", "smb", "blob")
+SOURCE_SCOPES = ("backup", "region")
+DEFAULT_SCHEDULE = "0 0 */12 * * *"
+
+
+class Secret:
+    """A secret value that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value, for the one call that needs it (a login, a key derivation)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class UncPath:
+    """A parsed ``\\\\host\\share[\\folder...]`` path."""
+
+    host: str
+    share: str
+    folders: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\\\\" + "\\".join((self.host, self.share, *self.folders))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One entry of ``BACKUP_SOURCES``: what to back up and where it goes."""
+
+    name: str
+    type: str
+    scope: str = "backup"
+    path: str | None = None
+    container: str | None = None
+    prefix: str | None = None
+    connection: str | None = None
+    username_setting: str | None = None
+    password_setting: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one run. ``share_path`` is a UNC path or a local folder."""
+
+    share_path: UncPath | Path | None
+    share_port: int = 445
+    share_require_encryption: bool = False
+    share_timeout_seconds: float = 60.0
+    share_username: str | None = None
+    share_password: Secret | None = None
+    external_domain: str | None = None
+    region: str | None = None
+    scale_unit: str | None = None
+    encryption_cert: str | None = None
+    encryption_key: Secret | None = None
+    decryption_cert: str | None = None
+    decryption_cert_password: Secret | None = None
+    sources: tuple[SourceSpec, ...] = ()
+    schedule: str = DEFAULT_SCHEDULE
+    scheduler_enabled: bool = True
+    retention_days: int = 7
+    stamp_version: str | None = None
+    appinsights_connection_string: Secret | None = None
+    webjobs_storage: Secret | None = None
+    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError naming every setting in ``names`` that is not set."""
+        problems = [
+            f"{name}: not set. {_REQUIRED_HINTS[name]}"
+            for name in names
+            if not self.raw.get(name, "").strip() and not _derived_present(self, name)
+        ]
+        if problems:
+            raise ConfigError(_join(problems), setting=names[0])
+
+    def masked(self) -> dict[str, object]:
+        """Every setting as shown to operators: secrets replaced by ``***``."""
+        out: dict[str, object] = {}
+        for name in ALL_SETTINGS:
+            value = self.raw.get(name)
+            if value is None or value == "":
+                out[name] = None
+            elif name in SECRET_SETTINGS:
+                out[name] = "***"
+            else:
+                out[name] = value
+        return out
+
+
+def _derived_present(settings: Settings, name: str) -> bool:
+    return name == "BACKUP_ENCRYPTION_CERT" and bool(settings.encryption_key)
+
+
+_REQUIRED_HINTS = {
+    "BACKUP_SHARE_PATH": r"Example: \\fileserver01.contoso.com\AzSBackups, or /srv/backups.",
+    "BACKUP_EXTERNAL_DOMAIN": "Example: contoso.com.",
+    "BACKUP_REGION": "Example: nyc.",
+    "BACKUP_ENCRYPTION_CERT": "Example: /etc/infrabackup/backup.cer (made by "
+    "'infrabackup keygen'), or a Key Vault certificate URL.",
+    "BACKUP_DECRYPTION_CERT": "Example: /secure/backup.pfx (the PFX made by "
+    "'infrabackup keygen'), or a Key Vault secret URL.",
+    "BACKUP_SOURCES": 'Example: [{"name": "ACS", "type": "directory", "path": "/data/acs"}].',
+    "BACKUP_STAMP_VERSION": "Example: 1.2408.1.50.",
+}
+
+SECRET_SETTINGS = frozenset(
+    {
+        "BACKUP_SHARE_PASSWORD",
+        "BACKUP_ENCRYPTION_KEY",
+        "BACKUP_DECRYPTION_CERT_PASSWORD",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "AzureWebJobsStorage",
+    }
+)
+
+ALL_SETTINGS = (
+    "BACKUP_SHARE_PATH",
+    "BACKUP_SHARE_PORT",
+    "BACKUP_SHARE_REQUIRE_ENCRYPTION",
+    "BACKUP_SHARE_TIMEOUT_SECONDS",
+    "BACKUP_SHARE_USERNAME",
+    "BACKUP_SHARE_PASSWORD",
+    "BACKUP_EXTERNAL_DOMAIN",
+    "BACKUP_REGION",
+    "BACKUP_SCALE_UNIT",
+    "BACKUP_ENCRYPTION_CERT",
+    "BACKUP_ENCRYPTION_KEY",
+    "BACKUP_DECRYPTION_CERT",
+    "BACKUP_DECRYPTION_CERT_PASSWORD",
+    "BACKUP_SOURCES",
+    "BACKUP_SCHEDULE",
+    "BACKUP_SCHEDULER_ENABLED",
+    "BACKUP_RETENTION_DAYS",
+    "BACKUP_STAMP_VERSION",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "AzureWebJobsStorage",
+)
+
+
+def read_settings_file(path: str | Path) -> dict[str, str]:
+    """The ``Values`` object of a local.settings.json file, as strings."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--settings: file {path} does not exist.") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"--settings: {path} is not readable JSON ({exc.__class__.__name__}). "
+            'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
+        ) from None
+    values = data.get("Values") if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"--settings: {path} has no \"Values\" object. "
+            'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
+        )
+    return {str(k): "" if v is None else str(v) for k, v in values.items()}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, settings_file: str | Path | None = None
+) -> Settings:
+    """Validate settings from ``environ`` (default ``os.environ``) and an optional file.
+
+    Values in ``settings_file`` (a local.settings.json) win over the environment for
+    the names they set: an explicit ``--settings`` is what the operator asked for.
+    Raises ConfigError listing every bad setting; nothing has been touched by then.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if settings_file is not None:
+        env.update(read_settings_file(settings_file))
+    raw = {name: env[name] for name in ALL_SETTINGS if name in env}
+    # Source credentials and blob connections are named by setting; keep those too.
+    raw_all = dict(env)
+    problems: list[str] = []
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip()
+
+    share_path = _parse_share_path(get("BACKUP_SHARE_PATH"), problems)
+    port = _parse_int(get("BACKUP_SHARE_PORT"), "BACKUP_SHARE_PORT", 445, 1, 65535, "445", problems)
+    require_enc = _parse_bool(
+        get("BACKUP_SHARE_REQUIRE_ENCRYPTION"), "BACKUP_SHARE_REQUIRE_ENCRYPTION", False, problems
+    )
+    timeout = _parse_float(
+        get("BACKUP_SHARE_TIMEOUT_SECONDS"), "BACKUP_SHARE_TIMEOUT_SECONDS", 60.0, 1, 3600, problems
+    )
+    domain = get("BACKUP_EXTERNAL_DOMAIN").lower() or None
+    if domain is not None and not _is_dns_name(domain):
+        problems.append(
+            f"BACKUP_EXTERNAL_DOMAIN: '{domain}' is not a DNS name (labels of letters, digits "
+            "and hyphens, separated by dots). Example: contoso.com."
+        )
+    region = get("BACKUP_REGION").lower() or None
+    if region is not None and not _DNS_LABEL_RE.match(region):
+        problems.append(
+            f"BACKUP_REGION: '{region}' is not a DNS label (letters, digits and hyphens, at "
+            "most 63). Example: nyc."
+        )
+    scale_unit = get("BACKUP_SCALE_UNIT") or None
+    if scale_unit is not None and not _is_safe_name(scale_unit):
+        problems.append(
+            f"BACKUP_SCALE_UNIT: '{scale_unit}' is not a safe folder name (letters, digits, "
+            "'.', '_' and '-', at most 64). Example: s-cluster01."
+        )
+    retention = _parse_int(
+        get("BACKUP_RETENTION_DAYS"), "BACKUP_RETENTION_DAYS", 7, 2, 14, "7", problems
+    )
+    scheduler = _parse_bool(
+        get("BACKUP_SCHEDULER_ENABLED"), "BACKUP_SCHEDULER_ENABLED", True, problems
+    )
+    schedule = get("BACKUP_SCHEDULE") or DEFAULT_SCHEDULE
+    if len(schedule.split()) != 6:
+        problems.append(
+            f"BACKUP_SCHEDULE: '{schedule}' is not an NCRONTAB expression of six fields "
+            "(second minute hour day month weekday). Example: 0 0 */12 * * *."
+        )
+    stamp_version = get("BACKUP_STAMP_VERSION") or None
+    if stamp_version is not None:
+        from shared.versions import parse_version  # local: versions imports errors only
+
+        try:
+            parse_version(stamp_version)
+        except ConfigError as exc:
+            problems.append(f"BACKUP_STAMP_VERSION: {exc.message}")
+    encryption_key = get("BACKUP_ENCRYPTION_KEY")
+    sources = _parse_sources(get("BACKUP_SOURCES"), problems)
+
+    if problems:
+        raise ConfigError(_join(problems), setting=problems[0].split(":", 1)[0])
+    return Settings(
+        share_path=share_path,
+        share_port=port,
+        share_require_encryption=require_enc,
+        share_timeout_seconds=timeout,
+        share_username=get("BACKUP_SHARE_USERNAME") or None,
+        share_password=_secret(env.get("BACKUP_SHARE_PASSWORD")),
+        external_domain=domain,
+        region=region,
+        scale_unit=scale_unit,
+        encryption_cert=get("BACKUP_ENCRYPTION_CERT") or None,
+        encryption_key=_secret(encryption_key),
+        decryption_cert=get("BACKUP_DECRYPTION_CERT") or None,
+        decryption_cert_password=_secret(env.get("BACKUP_DECRYPTION_CERT_PASSWORD")),
+        sources=sources,
+        schedule=schedule,
+        scheduler_enabled=scheduler,
+        retention_days=retention,
+        stamp_version=stamp_version,
+        appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
+        webjobs_storage=_secret(env.get("AzureWebJobsStorage")),
+        raw={**raw_all, **raw},
+    )
+
+
+def _join(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} settings are wrong:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+def _is_dns_name(name: str) -> bool:
+    if len(name) > 253:
+        return False
+    return all(_DNS_LABEL_RE.match(label) for label in name.split("."))
+
+
+def _is_safe_name(name: str) -> bool:
+    """A single path component that is valid and harmless on Windows and POSIX."""
+    if not NAME_RE.match(name) or name.endswith("."):
+        return False
+    return name.split(".")[0].upper() not in _WINDOWS_RESERVED
+
+
+def is_safe_name(name: str) -> bool:
+    """Public form of the component-name rule (used for ids and names from requests)."""
+    return _is_safe_name(name)
+
+
+def _parse_host(host: str) -> str | None:
+    """Reason the UNC host is unacceptable, or None when it is an FQDN or an IP."""
+    bare = host.strip("[]")
+    try:
+        ipaddress.ip_address(bare)
+        return None
+    except ValueError:
+        pass
+    if "." not in host:
+        return (
+            f"host '{host}' is a bare NetBIOS name; the share must be named by a fully "
+            "qualified domain name (or an IP address when name resolution is not possible)"
+        )
+    if not _is_dns_name(host):
+        return f"host '{host}' is not a valid DNS name"
+    return None
+
+
+def parse_unc(value: str) -> UncPath:
+    """Parse ``\\\\host\\share[\\folder...]`` (forward slashes accepted); ConfigError if bad."""
+    example = r"Example: \\fileserver01.contoso.com\AzSBackups"
+    parts = [p for p in re.split(r"[\\/]", value[2:]) if p]
+    if len(parts) < 2:
+        raise ConfigError(
+            f"'{value}' names no share: a UNC path is \\\\host\\share[\\folder]. {example}"
+        )
+    host, share, *folders = parts
+    reason = _parse_host(host)
+    if reason:
+        raise ConfigError(f"{reason}. {example} or \\\\192.0.2.10\\AzSBackups")
+    for part in (share, *folders):
+        if part in (".", "..") or any(c in part for c in '<>:"|?*') or "\0" in part:
+            raise ConfigError(f"'{part}' is not a valid share or folder name. {example}")
+    return UncPath(host=host.strip("[]").lower(), share=share, folders=tuple(folders))
+
+
+def _parse_share_path(value: str, problems: list[str]) -> UncPath | Path | None:
+    if not value:
+        return None
+    if value.startswith(("\\\\", "//")):
+        try:
+            return parse_unc(value)
+        except ConfigError as exc:
+            problems.append(f"BACKUP_SHARE_PATH: {exc.message}")
+            return None
+    if value.startswith("\\"):
+        problems.append(
+            f"BACKUP_SHARE_PATH: '{value}' starts with one backslash; a UNC path starts with "
+            r"two. Example: \\fileserver01.contoso.com\AzSBackups"
+        )
+        return None
+    return Path(value).expanduser().absolute()
+
+
+def _parse_int(
+    value: str, name: str, default: int, low: int, high: int, example: str, problems: list[str]
+) -> int:
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        problems.append(f"{name}: '{value}' is not a whole number. Example: {example}.")
+        return default
+    if not low <= number <= high:
+        problems.append(
+            f"{name}: {number} is outside {low}-{high}. Example: {example}."
+        )
+    return number
+
+
+def _parse_float(
+    value: str, name: str, default: float, low: float, high: float, problems: list[str]
+) -> float:
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        problems.append(f"{name}: '{value}' is not a number of seconds. Example: 60.")
+        return default
+    if not low <= number <= high:
+        problems.append(f"{name}: {value} is outside {low:g}-{high:g} seconds. Example: 60.")
+    return number
+
+
+def _parse_bool(value: str, name: str, default: bool, problems: list[str]) -> bool:
+    if not value:
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    problems.append(f"{name}: '{value}' is not true or false. Example: true.")
+    return default
+
+
+def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
+    name = "BACKUP_SOURCES"
+    example = 'Example: [{"name": "ACS", "type": "directory", "path": "/data/acs"}].'
+    if not value:
+        return ()
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{name}: cannot read {value[1:]} ({exc.strerror}). {example}")
+            return ()
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        problems.append(f"{name}: not valid JSON ({exc}). {example}")
+        return ()
+    if not isinstance(data, list):
+        problems.append(f"{name}: must be a JSON array of sources. {example}")
+        return ()
+    specs: list[SourceSpec] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(data):
+        where = f"{name}[{index}]"
+        before = len(problems)
+        spec = _parse_source(item, where, example, problems)
+        if spec is None or len(problems) > before:
+            continue
+        # Shares are case-insensitive: ACS and acs would be one file.
+        key = spec.name.lower()
+        if key in seen:
+            problems.append(
+                f"{where}: name '{spec.name}' is used twice (also by {seen[key]}); names "
+                "must be unique, ignoring case. Example: ACS and ACS2."
+            )
+            continue
+        seen[key] = where
+        specs.append(spec)
+    return tuple(specs)
+
+
+_SOURCE_FIELDS = {
+    "name", "type", "scope", "path", "container", "prefix", "connection",
+    "usernameSetting", "passwordSetting", "include", "exclude",
+}
+
+
+def _parse_source(
+    item: object, where: str, example: str, problems: list[str]
+) -> SourceSpec | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be an object. {example}")
+        return None
+    unknown = sorted(set(item) - _SOURCE_FIELDS)
+    if unknown:
+        problems.append(
+            f"{where}: unknown field(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(_SOURCE_FIELDS))}."
+        )
+    for key, val in item.items():
+        if key in ("include", "exclude"):
+            if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
+                problems.append(f"{where}.{key}: must be a list of glob strings. "
+                                'Example: ["*.json", "config/**"].')
+        elif key in _SOURCE_FIELDS and not isinstance(val, str):
+            problems.append(f"{where}.{key}: must be a string.")
+    if len(problems) and problems[-1].startswith(where + "."):
+        return None
+    src_name = item.get("name", "")
+    if not src_name:
+        problems.append(f"{where}.name: missing. {example}")
+        return None
+    if not _is_safe_name(src_name):
+        problems.append(
+            f"{where}.name: '{src_name}' is not a safe component name (1-64 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit, not a reserved device name). "
+            "Example: ACS."
+        )
+        return None
+    src_type = item.get("type", "directory")
+    if src_type not in SOURCE_TYPES:
+        problems.append(
+            f"{where}.type: '{src_type}' is not one of {', '.join(SOURCE_TYPES)}. {example}"
+        )
+        return None
+    scope = item.get("scope", "backup")
+    if scope not in SOURCE_SCOPES:
+        problems.append(f"{where}.scope: '{scope}' is not backup or region. Example: region.")
+        return None
+    if src_type in ("directory", "smb") and not item.get("path"):
+        problems.append(f"{where}.path: missing for a {src_type} source. {example}")
+        return None
+    if src_type == "smb":
+        try:
+            parse_unc(item["path"])
+        except ConfigError as exc:
+            problems.append(f"{where}.path: {exc.message}")
+            return None
+    if src_type == "blob" and not item.get("container"):
+        problems.append(
+            f"{where}.container: missing for a blob source. Example: "
+            '{"name": "KeyVault", "type": "blob", "connection": "KV_STORAGE", '
+            '"container": "kvdata"}.'
+        )
+        return None
+    return SourceSpec(
+        name=src_name,
+        type=src_type,
+        scope=scope,
+        path=item.get("path"),
+        container=item.get("container"),
+        prefix=item.get("prefix"),
+        connection=item.get("connection"),
+        username_setting=item.get("usernameSetting"),
+        password_setting=item.get("passwordSetting"),
+        include=tuple(item.get("include", ())),
+        exclude=tuple(item.get("exclude", ())),
+    )

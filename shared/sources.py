@@ -1,0 +1,138 @@
+"""What gets backed up: sources, each yielding the entries of one component.
+
+A source lists its entries (folders, files, symbolic links) with share-independent,
+``/``-separated relative paths, and opens files for reading. :mod:`shared.archive`
+turns the entries into a tar stream. Sources are read live: a file may change or
+vanish between listing and reading, which the archive records (never fatal).
+
+``include``/``exclude`` are glob patterns (``fnmatch``) matched against the relative
+path; a pattern without ``/`` matches the last path part (the name) as well, so
+``*.tmp`` excludes temporary files in every folder. Exclude wins over include;
+include patterns apply to files only (folders are kept so the tree stays whole).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from shared.errors import InfraBackupError
+from shared.settings import SourceSpec
+
+
+class SourceError(InfraBackupError):
+    """The source as a whole cannot be read: its component fails, the backup goes on."""
+
+    code = "SourceUnreadable"
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One item of a component. ``kind`` is ``dir``, ``file`` or ``symlink``."""
+
+    path: str
+    kind: str
+    mode: int
+    mtime: float
+    size: int = 0
+    link_target: str | None = None
+
+
+class Source(Protocol):
+    """A backup source. ``entries`` may raise SourceError before yielding anything."""
+
+    spec: SourceSpec
+
+    def entries(self) -> Iterator[SourceEntry]: ...
+
+    def open(self, entry: SourceEntry) -> BinaryIO:
+        """Open a file entry for reading; FileNotFoundError when it vanished."""
+        ...
+
+
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    name = path.rpartition("/")[2]
+    return any(
+        fnmatch.fnmatchcase(path, p) or ("/" not in p and fnmatch.fnmatchcase(name, p))
+        for p in patterns
+    )
+
+
+def selected(spec: SourceSpec, path: str, is_dir: bool) -> bool:
+    """Whether include/exclude keep ``path``."""
+    if spec.exclude and matches(path, spec.exclude):
+        return False
+    if spec.include and not is_dir:
+        return matches(path, spec.include)
+    return True
+
+
+class DirectorySource:
+    """A local or mounted folder. Symbolic links are stored as links, never followed."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        assert spec.path is not None
+        self.spec = spec
+        self.root = Path(spec.path)
+
+    def entries(self) -> Iterator[SourceEntry]:
+        try:
+            st = self.root.stat()
+        except OSError as exc:
+            raise SourceError(
+                f"source {self.spec.name}: cannot read {self.root} ({exc.strerror})."
+            ) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"source {self.spec.name}: {self.root} is not a folder.")
+        try:
+            os.listdir(self.root)
+        except OSError as exc:
+            raise SourceError(
+                f"source {self.spec.name}: cannot list {self.root} ({exc.strerror})."
+            ) from None
+        yield from self._walk(self.root, "")
+
+    def _walk(self, folder: Path, prefix: str) -> Iterator[SourceEntry]:
+        try:
+            with os.scandir(folder) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return  # vanished while we walked: nothing of it to back up
+        for item in items:
+            rel = f"{prefix}{item.name}"
+            try:
+                st = item.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                if selected(self.spec, rel, False):
+                    yield SourceEntry(rel, "symlink", st.st_mode, st.st_mtime,
+                                      link_target=os.readlink(item.path))
+            elif stat.S_ISDIR(st.st_mode):
+                if selected(self.spec, rel, True):
+                    yield SourceEntry(rel, "dir", st.st_mode, st.st_mtime)
+                    yield from self._walk(Path(item.path), rel + "/")
+            elif stat.S_ISREG(st.st_mode):
+                if selected(self.spec, rel, False):
+                    yield SourceEntry(rel, "file", st.st_mode, st.st_mtime, st.st_size)
+            else:
+                # Sockets, FIFOs, devices: not state that can be restored as data.
+                yield SourceEntry(rel, "special", st.st_mode, st.st_mtime)
+
+    def open(self, entry: SourceEntry) -> BinaryIO:
+        return open(self.root / entry.path, "rb")
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """The source for a spec. SMB and blob sources are built by their own modules."""
+    if spec.type == "directory":
+        return DirectorySource(spec)
+    raise SourceError(
+        f"source {spec.name}: type '{spec.type}' is not supported by this build yet; use "
+        "a directory source (a mounted folder)."
+    )

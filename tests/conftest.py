@@ -1,0 +1,2 @@
+"""Shared fixtures. Real servers (Samba, Azurite, the Key Vault stand-in, the telemetry
+endpoint) live in tests/servers/, one module each, started once per test session."""
