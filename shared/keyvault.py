@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
+    AzureError,
     ClientAuthenticationError,
     HttpResponseError,
     ResourceNotFoundError,
@@ -201,8 +202,9 @@ def parse_object_url(value: str, setting: str, kinds: tuple[str, ...]) -> VaultO
     kind = segments[0].lower()
     if kind not in kinds:
         hint = (
-            "the public certificate is read from /certificates/ (Key Vault Certificate User "
-            "role is enough)" if kind == "secrets"
+            "new backups need only the public certificate, read from /certificates/ (the "
+            "'Key Vault Reader' role is enough; the secret holds the private key)"
+            if kind == "secrets"
             else "this setting takes a secret"
         )
         raise ConfigError(
@@ -289,20 +291,30 @@ def _error_codes(exc: HttpResponseError) -> tuple[str, str]:
     return str(error.get("code", "")), str(inner_code)
 
 
+_DNS_FAILURE_SIGNS = (
+    "Name or service not known", "nodename nor servname", "Failed to resolve",
+    "No address associated with hostname", "getaddrinfo failed",
+)
+
+
 def _resolves(exc: BaseException) -> bool:
     """False when the exception chain shows a DNS failure (the host name is wrong)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, socket.gaierror):
             return False
-        if "Name or service not known" in str(seen) or "nodename nor servname" in str(seen):
+        text = str(seen)
+        if any(sign in text for sign in _DNS_FAILURE_SIGNS):
             return False
         seen = seen.__cause__ or seen.__context__
     return True
 
 
+# Least privilege: reading a certificate's public part needs only certificates/read,
+# which 'Key Vault Reader' grants; 'Key Vault Certificate User' would also let the
+# backup identity read the PFX through the secret, which only restore may do.
 _ROLE_HINT = {
-    "certificates": "Key Vault Certificate User",
+    "certificates": "Key Vault Reader",
     "secrets": "Key Vault Secrets User",
 }
 
@@ -323,11 +335,12 @@ def translated(obj: VaultObjectUrl, setting: str, action: str = "read") -> Itera
     except InfraBackupError:
         raise
     except ResourceNotFoundError as exc:
+        noun = "certificate" if obj.kind == "certificates" else "secret"
+        ver = f" version {obj.version}" if obj.version else ""
         raise PathError(
-            f"{obj.what[0].upper()}{obj.what[1:]} not found: {obj.kind[:-1]} '{obj.name}'"
-            f"{' version ' + obj.version if obj.version else ''} does not exist in vault "
-            f"{obj.vault} ({setting}). Check the name and version in the URL, or import it "
-            f"with 'infrabackup keygen --key-vault {obj.vault_url} --name {obj.name}'.",
+            f"{setting}: {noun} {obj.name}{ver} not found in vault {obj.vault}. Check the "
+            f"name (and version) in the URL, or import the certificate with 'infrabackup "
+            f"keygen --key-vault {obj.vault_url} --name {obj.name}'.",
             status="404",
         ) from exc
     except ClientAuthenticationError as exc:
@@ -389,6 +402,13 @@ def translated(obj: VaultObjectUrl, setting: str, action: str = "read") -> Itera
         raise AuthenticationError(
             f"{where}: the server at {obj.vault_url} did not present a valid Key Vault "
             "authentication challenge. Check the vault URL.",
+        ) from exc
+    except (AzureError, OSError) as exc:
+        # Whatever else the SDK or its transport raises (a body that does not decode, a
+        # stream error): not one of the four specific faults.
+        raise GeneralFault(
+            f"{where}: the Key Vault call failed ({type(exc).__name__}). Try again; if it "
+            "persists, check the vault's health.",
         ) from exc
 
 

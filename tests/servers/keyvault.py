@@ -17,7 +17,7 @@ resource its host name ends with (``*.vault.azure.net`` -> ``https://vault.azure
 and ``127.0.0.1:<port>`` ends with ``.0.0.1:<port>``, so the SDK's challenge-resource check
 stays ON and the production client configuration works against this server too.
 
-Switches: ``deny`` (answer every authenticated request 401 or 403), ``disable()`` an
+Switches: ``deny`` (answer every authenticated request 401, 403, 429 or 5xx), ``disable()`` an
 object version, and ``down()`` (stop listening: connection refused) / ``up()``.
 Nothing here is production code; it never logs request bodies (they hold PFX bytes).
 """
@@ -344,6 +344,10 @@ def _handler_for(vault: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
                     "ForbiddenByRbac",
                 )
                 return False
+            if vault.deny is not None:  # 429 throttled, 5xx service trouble
+                self._error(vault.deny, "ServiceUnavailable" if vault.deny >= 500
+                            else "Throttled", "Try again later.")
+                return False
             return True
 
         # --- routes -----------------------------------------------------------
@@ -386,7 +390,7 @@ def _handler_for(vault: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("X-IDENTITY-HEADER") != vault.identity_header:
                 self._send(401, {"error": "unauthorized"})
                 return
-            token = "msi-" + secrets.token_hex(16)
+            token = _jwt_shaped(query)
             vault.tokens.add(token)
             self._send(200, {
                 "access_token": token,
@@ -487,6 +491,23 @@ def _handler_for(vault: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
             self._send(200, bundle)
 
     return Handler
+
+
+def _jwt_shaped(query: dict[str, list[str]]) -> str:
+    """An opaque token shaped like Entra ID's (azure-identity decodes its claims to log
+    the account at DEBUG): header.claims.signature, the signature random."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims = {
+        "aud": (query.get("resource") or [""])[0],
+        "tid": TENANT,
+        "appid": (query.get("client_id") or ["system-assigned"])[0],
+        "oid": "00000000-0000-0000-0000-0000000000aa",
+    }
+    signature = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.{signature}"
 
 
 def _attributes(ver: _Version, cert: x509.Certificate | None) -> dict[str, Any]:
