@@ -231,6 +231,8 @@ def _backup_component(
             record.ciphertext_bytes = ctx.share.write_stream(path, _hashed(cipher, digest))
         except SourceError as exc:
             # write_stream removed its temporary file; nothing of this component is left.
+            if spec.scope == "region":
+                remove_if_empty(ctx.share, parent_and_name(path)[0])
             record.message = exc.message
             log.warning("component %s failed: %s", spec.name, exc.message)
             return record

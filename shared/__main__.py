@@ -1,0 +1,5 @@
+"""``python -m shared`` runs the ``infrabackup`` command."""
+
+from shared.cli import main
+
+main()
