@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import click
 
 from shared import __version__
-from shared.backup import BackupContext, run_backup, stamp_layout, utcnow
+from shared.backup import stamp_layout, utcnow
+from shared.backup_job import JobDependencies, run_backup_job
 from shared.catalog import find_backup, list_backups
 from shared.errors import (
     EXIT_FAILED,
@@ -28,13 +29,12 @@ from shared.errors import (
     ConfigError,
     InfraBackupError,
 )
-from shared.key_provider import decryption_keyring, encryption_wrapper, require_decryption
+from shared.key_provider import decryption_keyring, require_decryption
 from shared.keys import generate_certificate, generate_legacy_key
 from shared.maintenance import (
     MaintenanceWindow,
     ShareMaintenanceStore,
     check_operation,
-    refuse_if_open,
 )
 from shared.manifest import Manifest
 from shared.progress import progress_for
@@ -43,6 +43,7 @@ from shared.retention import apply_prune, plan_prune
 from shared.settings import Settings, load_settings
 from shared.share import Share, open_share
 from shared.share_check import check_share
+from shared.telemetry import configure_telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
 MIB = 1024 * 1024
@@ -221,14 +222,12 @@ def backup(as_json: bool) -> int:
     settings = rt.settings
     settings.require("BACKUP_SHARE_PATH", "BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION",
                      "BACKUP_SOURCES", "BACKUP_STAMP_VERSION")
-    layout = stamp_layout(settings)
-    wrapper = encryption_wrapper(settings, utcnow())
-    refuse_if_open(ShareMaintenanceStore(rt.share, layout))
-    ctx = BackupContext(settings, rt.share, wrapper)
-    bar = progress_for(as_json)
-    if bar:
-        ctx.progress = bar
-    manifest = run_backup(ctx)
+    telemetry = configure_telemetry(settings)
+    try:
+        manifest = run_backup_job(JobDependencies(
+            settings, rt.share, telemetry=telemetry, progress=progress_for(as_json)))
+    finally:
+        telemetry.flush()
     for warning in manifest.warnings:
         click.echo(f"warning: {warning}", err=True)
     failed = [c for c in manifest.components if c.status != "Succeeded"]

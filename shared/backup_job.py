@@ -1,0 +1,98 @@
+"""One backup job as the command line and the Functions run it: job record, telemetry,
+maintenance and lock rules around :func:`shared.backup.run_backup`.
+
+The same function serves ``infrabackup backup`` and the queue-triggered worker, so a
+backup behaves the same wherever it runs: the record goes Running → Succeeded /
+PartialSucceeded / Failed (with the alert), telemetry gets one event, and the error is
+raised to the caller after both are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.backup import BackupContext, Clock, Progress, run_backup, stamp_layout, utcnow
+from shared.errors import InfraBackupError
+from shared.key_provider import encryption_wrapper
+from shared.keys import KeyWrapper
+from shared.maintenance import MaintenanceStore, ShareMaintenanceStore, refuse_if_open
+from shared.manifest import Manifest
+from shared.settings import Settings
+from shared.share.base import Share
+from shared.telemetry import NullTelemetry, Telemetry
+
+
+class JobRecord(Protocol):
+    """Where job status is kept (an Azure Table in the Functions app).
+
+    ``update`` merges the given fields into the job's row, creating it if needed. Values
+    are JSON-ready and never hold secrets.
+    """
+
+    def update(self, backup_id: str, **fields: Any) -> None: ...
+
+
+class NullJobRecord:
+    def update(self, backup_id: str, **fields: Any) -> None:
+        pass
+
+
+@dataclass
+class JobDependencies:
+    settings: Settings
+    share: Share
+    telemetry: Telemetry = field(default_factory=NullTelemetry)
+    record: JobRecord = field(default_factory=NullJobRecord)
+    maintenance: MaintenanceStore | None = None
+    clock: Clock = utcnow
+    progress: Progress | None = None
+    wrapper: KeyWrapper | None = None
+
+
+def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manifest:
+    """Run one backup with its record and telemetry; raise the failure after recording it.
+
+    Refusals (maintenance window, lock held) are raised before anything is recorded as
+    Running; the caller decides whether they are Skipped (timer) or 409 (HTTP).
+    """
+    settings = deps.settings
+    layout = stamp_layout(settings)
+    maintenance = deps.maintenance or ShareMaintenanceStore(deps.share, layout)
+    refuse_if_open(maintenance)
+    wrapper = deps.wrapper or encryption_wrapper(settings, deps.clock())
+    ctx = BackupContext(settings, deps.share, wrapper, clock=deps.clock,
+                        observer=deps.telemetry)
+    if deps.progress is not None:
+        ctx.progress = deps.progress
+    backup_id = backup_id or str(uuid.uuid4())
+    started = time.monotonic()
+    deps.record.update(backup_id, status="Running", startedUtc=deps.clock().isoformat())
+    try:
+        with deps.telemetry.backup(backup_id, settings):
+            manifest = run_backup(ctx, backup_id)
+    except InfraBackupError as exc:
+        deps.record.update(
+            backup_id, status="Failed", completedUtc=deps.clock().isoformat(),
+            error=exc.to_dict(), alert=exc.alert.to_dict(),
+        )
+        deps.telemetry.failed(backup_id, exc, settings, deps.share.description,
+                              time.monotonic() - started)
+        raise
+    capacity = None
+    # The backup is done; a capacity reading is only informative.
+    with contextlib.suppress(InfraBackupError):
+        capacity = deps.share.capacity()
+    deps.record.update(
+        backup_id, status=manifest.status, completedUtc=manifest.completed.isoformat(),
+        sizeBytes=manifest.size_bytes, timeTakenSeconds=round(manifest.duration_seconds, 3),
+        stampVersion=manifest.stamp_version, thumbprint=manifest.thumbprint,
+        components=[{"name": c.name, "status": c.status, "message": c.message}
+                    for c in manifest.components],
+        warnings=manifest.warnings,
+    )
+    deps.telemetry.succeeded(manifest, settings, deps.share.description, capacity)
+    return manifest
