@@ -39,8 +39,6 @@ from shared.keyvault import (
 )
 from shared.settings import Settings
 
-KEY_VAULT_PREFIX = "https://"
-
 
 class _LazyAccess:
     """``KeyVaultAccess.default()`` built on first use, so file-only runs never touch
