@@ -43,6 +43,7 @@ from smbprotocol.connection import Ciphers, Connection
 from smbprotocol.exceptions import (
     SMBAuthenticationError,
     SMBConnectionClosed,
+    SMBException,
     SMBOSError,
     SMBResponseException,
 )
@@ -163,6 +164,10 @@ _CONNECTIVITY = frozenset(
 )
 
 
+#: ``.status`` of the ConnectivityError raised when a request passed its deadline.
+TIMED_OUT: Final = "ETIMEDOUT"
+
+
 @dataclass(frozen=True)
 class SmbTarget:
     """What an error message may name about the share: never the password."""
@@ -281,6 +286,13 @@ def translate_smb_error(exc: BaseException, what: str, target: SmbTarget) -> Inf
             "Check that the file server is running and reachable, then try again.",
             status="SMBConnectionClosed",
         )
+    if isinstance(exc, SMBException) and str(exc).startswith("Connection timeout"):
+        # smbprotocol's only own timeout (negotiation, echo) has no class of its own.
+        return ConnectivityError(
+            f"{what}: the server at {where} did not answer in time. Check that the file "
+            "server is responsive and the network path to it is healthy.",
+            status=TIMED_OUT,
+        )
     cause = _socket_cause(exc)
     if isinstance(cause, socket.gaierror):
         return PathError(
@@ -335,10 +347,6 @@ def _is_network_errno(number: int | None) -> bool:
         errno_mod.ENOTCONN,
         errno_mod.EBADF,  # the socket was closed under the request by an abort
     }
-
-
-#: ``.status`` of the ConnectivityError raised when a request passed its deadline.
-TIMED_OUT: Final = "ETIMEDOUT"
 
 
 class SmbShare:
@@ -781,11 +789,13 @@ class SmbShare:
         raise error from value
 
     def _drop(self, cache: dict[str, Connection]) -> None:
-        """Forget the connections of ``cache`` without talking to the server."""
-        with self._session_lock:
-            for connection in list(cache.values()):
-                _abort(connection)
-            cache.clear()
+        """Forget the connections of ``cache`` without talking to the server.
+
+        Takes no lock: an abandoned worker may hold the session lock while it hangs.
+        """
+        for connection in list(cache.values()):
+            _abort(connection)
+        cache.clear()
 
     def _disconnect(self, cache: dict[str, Connection]) -> None:
         """Log off and close ``cache``'s connections, at most one deadline; never raises."""

@@ -211,6 +211,31 @@ class SambaServer:
         self._reap()
         self._stop_helpers(signal.SIGKILL)
 
+    def kill_connections(self) -> int:
+        """SIGKILL the smbd children serving clients; the server itself keeps listening.
+
+        What a client sees when a connection is reset while the server stays reachable.
+        Returns how many were killed.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return 0
+        killed = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                comm = (entry / "comm").read_text().strip()
+                stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # Connection children are named plain "smbd"; the helpers are smbd-notifyd,
+            # cleanupd and the like.
+            if comm == "smbd" and int(stat_fields[1]) == self.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+        return killed
+
     def stop(self) -> None:
         """Stop smbd and every helper it spawned; idempotent; unmounts nothing."""
         if self.proc is not None and self.proc.poll() is None:
