@@ -140,16 +140,40 @@ def _read_password(password_file: str | None) -> str:
 
 
 @cli.command()
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for the files.")
+@click.option("--out", "out_dir", metavar="DIR", help="Folder for the files.")
 @click.option("--name", default="infrabackup", show_default=True, help="File name stem.")
 @click.option("--legacy-key", is_flag=True, help="Make a legacy (1811 and older) key instead.")
 @click.option("--password-file", metavar="FILE", help="File holding the PFX password.")
+@click.option("--key-vault", "key_vault", metavar="URL",
+              help="Import the certificate into this Key Vault (https://<vault>.vault.azure.net) "
+                   "instead of writing files.")
 @json_option
-def keygen(out_dir: str, name: str, legacy_key: bool, password_file: str | None,
-           as_json: bool) -> int:
-    """Make a self-signed encryption certificate (NAME.cer, NAME.pfx) or a legacy key."""
+def keygen(out_dir: str | None, name: str, legacy_key: bool, password_file: str | None,
+           key_vault: str | None, as_json: bool) -> int:
+    """Make a self-signed encryption certificate (NAME.cer, NAME.pfx) or a legacy key.
+
+    With --key-vault the certificate is generated and imported into Key Vault (CER and
+    PFX), and nothing is written locally.
+    """
     from shared.settings import is_safe_name
 
+    if key_vault:
+        if out_dir or legacy_key or password_file:
+            raise ConfigError(
+                "--key-vault: not with --out, --legacy-key or --password-file; the certificate "
+                "is imported into Key Vault and nothing is written locally.")
+        from shared.keyvault import keygen_to_vault
+
+        imported = keygen_to_vault(key_vault, name)
+        emit(as_json, imported.to_dict(),
+             f"Certificate: {imported.certificate_url} (BACKUP_ENCRYPTION_CERT)\n"
+             f"PFX secret:  {imported.secret_url} (BACKUP_DECRYPTION_CERT)\n"
+             f"Version:     {imported.version}\nThumbprint:  {imported.thumbprint}\n"
+             f"Expires:     {imported.not_after[:10]}")
+        return EXIT_OK
+    if not out_dir:
+        raise ConfigError(
+            "keygen: give --out DIR (files) or --key-vault URL (import into Key Vault).")
     if not is_safe_name(name):
         raise ConfigError(f"--name: '{name}' is not a safe file name. Example: backup-2026.")
     out = Path(out_dir)

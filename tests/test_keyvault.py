@@ -800,3 +800,13 @@ def test_cli_backup_that_cannot_get_its_certificate_writes_nothing(
     assert json.loads(out)["error"]["alert"] == Alert.AUTHENTICATION.title
     assert "Key Vault Reader" in err
     assert list((tmp_path / "share").rglob("*")) == []
+
+
+def test_cli_keygen_into_key_vault_prints_both_urls(keyvault, vault_env, capsys):  # noqa: F811
+    code, out, err = _cli(
+        capsys, "keygen", "--key-vault", keyvault.url, "--name", "fromcli", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["certificateUrl"] == f"{keyvault.url}/certificates/fromcli"
+    assert data["secretUrl"] == f"{keyvault.url}/secrets/fromcli"
+    assert ("POST", "/certificates/fromcli/import") in keyvault.requests
