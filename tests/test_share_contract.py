@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -195,6 +196,7 @@ def test_concurrent_readers_of_one_file(share: Share) -> None:
 def test_abandoning_a_read_releases_the_file(share: Share) -> None:
     share.write_stream("r.bin", [os.urandom(3 * MiB)])
     stream = share.read_stream("r.bin", chunk_size=MiB)
+    assert isinstance(stream, types.GeneratorType), "read_stream is a generator"
     next(stream)
     stream.close()
     share.remove("r.bin")
@@ -286,18 +288,19 @@ def test_capacity_reports_free_and_total(share: Share) -> None:
 def test_lock_is_exclusive_across_share_objects_and_names_the_holder(backend: Backend) -> None:
     first, second = backend.make(), backend.make()
     with first.lock("locks/stamp.lock", "backup 1111 (scheduled)"):
-        with pytest.raises(LockHeldError) as caught:
-            with second.lock("locks/stamp.lock", "backup 2222"):
-                pytest.fail("a second holder got the lock")
+        with pytest.raises(LockHeldError) as caught, second.lock("locks/stamp.lock", "2222"):
+            pytest.fail("a second holder got the lock")
         message = str(caught.value)
         assert "backup 1111 (scheduled)" in message
         assert f"pid {os.getpid()}" in message
         assert "since" in message
         assert caught.value.exit_code == 3
-    with second.lock("locks/stamp.lock", "backup 2222"):
-        with pytest.raises(LockHeldError, match="backup 2222"):
-            with first.lock("locks/stamp.lock", "backup 3333"):
-                pass
+    with (
+        second.lock("locks/stamp.lock", "backup 2222"),
+        pytest.raises(LockHeldError, match="backup 2222"),
+        first.lock("locks/stamp.lock", "backup 3333"),
+    ):
+        pytest.fail("the first share got a lock the second holds")
 
 
 def test_a_lock_is_released_when_its_context_fails(backend: Backend) -> None:

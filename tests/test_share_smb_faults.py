@@ -36,7 +36,7 @@ from shared.errors import (
     InfraBackupError,
     PathError,
 )
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.share.base import PARTIAL_MARKER
 from shared.share.smb import TIMED_OUT, SmbShare, SmbTarget, translate_smb_error
 from tests.servers.samba import (  # noqa: F401 - fixtures
@@ -195,6 +195,29 @@ def test_bad_credentials_are_an_authentication_fault_and_not_retried(
     assert_classified(caught.value, AuthenticationError, Alert.AUTHENTICATION, "0xC000006D")
     assert password not in str(caught.value) and password not in repr(share)
     assert username in str(caught.value)
+    share.close()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"BACKUP_SHARE_USERNAME": "backupuser"}],
+    ids=["no-credentials", "no-password"],
+)
+def test_missing_credentials_are_an_authentication_fault(
+    samba: SambaSet,  # noqa: F811
+    credentials: dict[str, str],
+) -> None:
+    env = {
+        "BACKUP_SHARE_PATH": r"\\127.0.0.1\plain",
+        "BACKUP_SHARE_PORT": str(samba.main.port),
+        **credentials,
+    }
+    share = SmbShare.from_settings(load_settings(env))
+    with pytest.raises(AuthenticationError) as caught:
+        share.list_dir("")
+    assert_classified(caught.value, AuthenticationError, Alert.AUTHENTICATION, None)
+    assert caught.value.status == "SMBAuthenticationError"
+    assert "BACKUP_SHARE_PASSWORD" in str(caught.value)
     share.close()
 
 

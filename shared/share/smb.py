@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import logging
 import socket
 import threading
 import time
@@ -72,6 +73,7 @@ from shared.share.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Bytes per SMB WRITE request: Samba and Windows negotiate an 8 MiB maximum; large
 #: requests are ~3.5x faster than smbprotocol's 64 KiB default (see TESTING.md).
@@ -422,9 +424,7 @@ class SmbShare:
         parent, name = parent_and_name(path)
         temp = "/".join(p for p in (parent, f".{name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}") if p)
         temp_unc, final_unc = self._unc(temp), self._unc(path)
-        handle = self._call(
-            f"creating {temp}", lambda: self._open(temp_unc, "wb"), retry=True
-        )
+        handle = self._call(f"creating {temp}", lambda: self._open(temp_unc, "wb"), retry=True)
         written = 0
         try:
             try:
@@ -481,10 +481,18 @@ class SmbShare:
                 read = functools.partial(_read_at, handle, offset, chunk_size)
                 try:
                     data = self._call(f"reading {path}", read, connect=False)
-                except ConnectivityError:
+                except ConnectivityError as exc:
                     failures += 1
                     if failures > self.retries:
                         raise
+                    log.warning(
+                        "reading %s: %s at offset %d; reopening (retry %d of %d)",
+                        path,
+                        exc.status,
+                        offset,
+                        failures,
+                        self.retries,
+                    )
                     self._drop(self._cache)
                     time.sleep(self._backoff_delay(failures))
                     handle = self._call(f"reopening {path}", reopen, retry=True)
@@ -720,12 +728,21 @@ class SmbShare:
         while True:
             try:
                 return self._run(what, fn, cache, connect)
-            except ConnectivityError:
+            except ConnectivityError as exc:
                 if not retry or attempt >= self.retries:
                     raise
                 attempt += 1
+                delay = self._backoff_delay(attempt)
+                log.warning(
+                    "%s: %s; retry %d of %d in %.1f s",
+                    what,
+                    exc.status,
+                    attempt,
+                    self.retries,
+                    delay,
+                )
                 self._drop(cache)
-                time.sleep(self._backoff_delay(attempt))
+                time.sleep(delay)
 
     def _backoff_delay(self, attempt: int) -> float:
         return float(self.backoff * 2 ** (attempt - 1))

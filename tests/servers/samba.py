@@ -181,8 +181,9 @@ class SambaServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"smbd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.05)
@@ -361,11 +362,14 @@ def can_mount_tmpfs() -> bool:
         return False
     probe = Path(tempfile.mkdtemp(prefix="tmpfs-probe-"))
     try:
-        ok = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
-            capture_output=True,
-            check=False,
-        ).returncode == 0
+        ok = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
         if ok:
             subprocess.run(["umount", str(probe)], capture_output=True, check=False)
         return ok
