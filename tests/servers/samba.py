@@ -10,7 +10,9 @@ Fixtures (import them into a test module: ``from tests.servers.samba import samb
   - ``small``     a small share for disk-full tests: a ``tmpfs`` of :data:`SMALL_SHARE_BYTES`
     when this machine lets us mount one (root, CAP_SYS_ADMIN); otherwise the share lives on
     a second smbd started with ``RLIMIT_FSIZE`` = :data:`SMALL_SHARE_BYTES` (a per-file limit,
-    which Samba reports as STATUS_DISK_FULL just the same)
+    which Samba reports as STATUS_DISK_FULL just the same). The tmpfs is mounted in a private
+    mount namespace of smbd's own (``unshare --mount``), so it vanishes with smbd however the
+    test run ends, and only smbd sees it: look at that share through SMB, not the folder.
 
 * ``samba_noenc`` (session): a second smbd with ``server smb encrypt = off``, which does not
   offer SMB 3 encryption at all (for the "encryption required but not offered" test).
@@ -35,6 +37,7 @@ import atexit
 import contextlib
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -94,7 +97,6 @@ class SambaServer:
     tmpfs_shares: dict[str, int] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
-    mounted: list[Path] = field(default_factory=list)
     _frozen: bool = False
 
     # ---- set-up -------------------------------------------------------------------------
@@ -121,16 +123,6 @@ class SambaServer:
             text += "".join(f"  {k} = {v}\n" for k, v in options.items())
         self.conf.write_text(text)
 
-    def _mount_tmpfs(self) -> None:
-        for name, size in self.tmpfs_shares.items():
-            folder = self.share_dir(name)
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(folder)],
-                check=True,
-                capture_output=True,
-            )
-            self.mounted.append(folder)
-
     def _add_user(self) -> None:
         result = subprocess.run(
             ["smbpasswd", "-c", str(self.conf), "-s", "-a", "root"],
@@ -145,7 +137,6 @@ class SambaServer:
         """Write the configuration, mount, add the user, start smbd. Returns self."""
         self.port = self.port or free_port()
         self._write_config()
-        self._mount_tmpfs()
         self._add_user()
         self.start()
         return self
@@ -168,7 +159,7 @@ class SambaServer:
             # No start_new_session: smbd --foreground makes its own session (and fails if it
             # cannot). stdin is a pipe we hold: smbd exits when it reaches end-of-file.
             self.proc = subprocess.Popen(
-                ["smbd", "--foreground", "--debug-stdout", "-s", str(self.conf)],
+                self._command(),
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -188,6 +179,38 @@ class SambaServer:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"smbd did not listen on port {self.port}:\n{self.log_tail()}")
+
+    def _command(self) -> list[str]:
+        smbd = ["smbd", "--foreground", "--debug-stdout", "-s", str(self.conf)]
+        if not self.tmpfs_shares:
+            return smbd
+        # Mount each tmpfs in a mount namespace private to smbd, then exec smbd (same pid):
+        # the mounts go away with smbd's last process, even if the test run is killed.
+        mounts = [
+            [
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={size},mode=0777",
+                "tmpfs",
+                str(self.share_dir(n)),
+            ]
+            for n, size in self.tmpfs_shares.items()
+        ]
+        script = " && ".join(shlex.join(m) for m in mounts) + ' && exec "$@"'
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *smbd,
+        ]
 
     def _signal_group(self, sig: signal.Signals) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -294,11 +317,8 @@ class SambaServer:
         return pids
 
     def teardown(self) -> None:
-        """Stop everything, unmount, remove the folders. Safe to call twice."""
+        """Stop everything and remove the folders. Safe to call twice."""
         self.stop()
-        for folder in self.mounted:
-            subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
-        self.mounted.clear()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -355,24 +375,17 @@ def require_smbd() -> None:
 
 
 def can_mount_tmpfs() -> bool:
-    """Whether this machine lets us mount a tmpfs (root with CAP_SYS_ADMIN, not disabled)."""
+    """Whether we may mount a tmpfs in a private mount namespace (root, CAP_SYS_ADMIN)."""
     if os.environ.get("INFRABACKUP_TEST_SAMBA_NO_MOUNT") or os.geteuid() != 0:
         return False
-    if shutil.which("mount") is None:
+    if shutil.which("mount") is None or shutil.which("unshare") is None:
         return False
     probe = Path(tempfile.mkdtemp(prefix="tmpfs-probe-"))
     try:
-        ok = (
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        )
-        if ok:
-            subprocess.run(["umount", str(probe)], capture_output=True, check=False)
-        return ok
+        # The namespace (and the mount) ends with the unshare process.
+        command = ["unshare", "--mount", "--propagation", "private", "--"]
+        command += ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)]
+        return subprocess.run(command, capture_output=True, check=False).returncode == 0
     finally:
         with contextlib.suppress(OSError):
             probe.rmdir()
