@@ -41,6 +41,7 @@ from shared.errors import GeneralFault, InfraBackupError
 from shared.keys import KeyWrapper
 from shared.layout import StampLayout, format_timestamp
 from shared.manifest import ComponentRecord, Manifest
+from shared.pipeline import prefetch
 from shared.settings import Settings, SourceSpec
 from shared.share.base import Share, parent_and_name
 from shared.sources import Source, SourceError, open_source
@@ -97,6 +98,7 @@ class BackupOptions:
 
     segment_size: int = DEFAULT_SEGMENT_SIZE
     compression: int = COMPRESSION_NONE
+    read_ahead: int = 8  # segments produced ahead of the share's writes
 
 
 @dataclass
@@ -110,7 +112,15 @@ class BackupContext:
     progress: Progress = field(default_factory=NullProgress)
     observer: Observer = field(default_factory=NullObserver)
     options: BackupOptions = field(default_factory=BackupOptions)
-    open_source: Callable[[SourceSpec], Source] = open_source
+    #: Builds a component's source (a test seam); None: :func:`shared.sources.open_source`
+    #: with this run's settings, from which SMB and blob sources take their credentials.
+    open_source: Callable[[SourceSpec], Source] | None = None
+
+    def source(self, spec: SourceSpec) -> Source:
+        """The source of ``spec`` (SourceError when it cannot be built)."""
+        if self.open_source is not None:
+            return self.open_source(spec)
+        return open_source(spec, self.settings)
 
 
 def stamp_layout(settings: Settings) -> StampLayout:
@@ -196,7 +206,7 @@ def _estimate(ctx: BackupContext) -> int | None:
     total = 0
     for spec in ctx.settings.sources:
         try:
-            total += sum(e.size for e in ctx.open_source(spec).entries() if e.kind == "file")
+            total += sum(e.size for e in ctx.source(spec).entries() if e.kind == "file")
         except (SourceError, OSError):
             continue
     return total
@@ -222,13 +232,17 @@ def _backup_component(
         try:
             if spec.scope == "region":
                 ctx.share.make_dirs(parent_and_name(path)[0])
-            source = ctx.open_source(spec)
+            source = ctx.source(spec)
             plain = _guard_source(spec, tar_stream(source, stats, ctx.progress.advance))
             cipher = encrypt_stream(plain, data_key, spec.name,
                                     segment_size=ctx.options.segment_size,
                                     compression=ctx.options.compression)
             written.append(path)
-            record.ciphertext_bytes = ctx.share.write_stream(path, _hashed(cipher, digest))
+            # Reading, tar, encryption and hashing run ahead in a thread while the share
+            # writes: CPU and network overlap, memory stays at depth x segment size.
+            stream = prefetch(_hashed(cipher, digest), ctx.options.read_ahead,
+                              name=f"read {spec.name}")
+            record.ciphertext_bytes = ctx.share.write_stream(path, stream)
         except SourceError as exc:
             # write_stream removed its temporary file; nothing of this component is left.
             if spec.scope == "region":

@@ -115,7 +115,7 @@ class LocalShare:
         return _entry(path.rpartition("/")[2], st)
 
     def remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError), translate_os_errors(f"removing {path}"):
+        with translate_os_errors(f"removing {path}"), contextlib.suppress(FileNotFoundError):
             self._path(path).unlink()
 
     def remove_tree(self, path: str) -> None:

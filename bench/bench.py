@@ -1,0 +1,226 @@
+"""The benchmark: infrabackup beside `smbclient put/get` and `restic backup`, same data, same run.
+
+Usage: ``python -m bench.bench [--gib 1] [--files 20000] [--repeat 3] [--out DIR]``
+(``make bench`` runs it with the defaults). It starts its own Samba on 127.0.0.1 (signing
+on, as in production), makes the data (one file of incompressible bytes, and a tree of
+small files), and runs each tool ``--repeat`` times, printing the median throughput
+(MiB/s of source bytes), the median peak RSS, and the ratios to the peers as a Markdown
+table. Not a test: it asserts nothing, it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shared.keys import generate_certificate  # noqa: E402
+from tests.servers.samba import PASSWORD, USERNAME, SambaServer  # noqa: E402
+
+MIB = 1024 * 1024
+# Runs a command and prints its wall time and its peak RSS on stderr's last line.
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "dt = time.perf_counter() - t\n"
+    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+    "print(f'MEASURE {dt} {rss} {code}', file=sys.stderr)\n"
+)
+
+
+@dataclass
+class Result:
+    tool: str
+    data: str
+    nbytes: int
+    seconds: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+    @property
+    def mib_s(self) -> float:
+        return self.nbytes / MIB / statistics.median(self.seconds)
+
+    @property
+    def peak_mib(self) -> float:
+        return statistics.median(self.rss) / MIB
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], env={**os.environ, **(env or {})},
+        capture_output=True, text=True, check=False,
+    )
+    line = [x for x in proc.stderr.splitlines() if x.startswith("MEASURE ")][-1]
+    _, seconds, rss, code = line.split()
+    if code != "0":
+        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
+    return float(seconds), int(rss)
+
+
+def make_data(root: Path, gib: float, files: int) -> tuple[Path, int, Path, int]:
+    big_dir = root / "big"
+    big_dir.mkdir(parents=True)
+    big = big_dir / "disk.vhdx"
+    size = int(gib * 1024 * MIB)
+    with open(big, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+    tree = root / "tree"
+    rng = random.Random(1)  # noqa: S311 - file sizes, not secrets
+    total = 0
+    for i in range(files):
+        path = tree / f"role{i % 20:02d}" / f"dir{(i // 20) % 50:02d}" / f"state-{i:05d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = rng.randint(512, 8192)
+        path.write_bytes(os.urandom(n))
+        total += n
+    return big_dir, size, tree, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the large file")
+    parser.add_argument("--files", type=int, default=20000, help="small files in the tree")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="keep the work folder here")
+    args = parser.parse_args()
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="infrabackup-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for tool in ("smbclient", "restic", "smbd"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: run 'make system-deps' first")
+    print(f"making data in {work} ...", file=sys.stderr)
+    big_dir, big_size, tree, tree_size = make_data(work / "data", args.gib, args.files)
+
+    server = SambaServer(base=work / "samba", shares={"bench": {"read only": "no"}}).setup()
+    try:
+        results = run_all(work, server, args, big_dir, big_size, tree, tree_size)
+    finally:
+        server.teardown()
+    print_table(results, args)
+
+
+def run_all(work: Path, server: SambaServer, args: argparse.Namespace, big_dir: Path,
+            big_size: int, tree: Path, tree_size: int) -> list[Result]:
+    keys = work / "keys"
+    keys.mkdir(exist_ok=True)
+    cert = generate_certificate("bench", "bench-pfx-pw")
+    (keys / "b.cer").write_bytes(cert.cer_der)
+    (keys / "b.pfx").write_bytes(cert.pfx)
+    share_dir = server.share_dir("bench")
+    base_env = {
+        "BACKUP_SHARE_PATH": "\\\\127.0.0.1\\bench",
+        "BACKUP_SHARE_PORT": str(server.port),
+        "BACKUP_SHARE_USERNAME": USERNAME,
+        "BACKUP_SHARE_PASSWORD": PASSWORD,
+        "BACKUP_EXTERNAL_DOMAIN": "contoso.com",
+        "BACKUP_REGION": "nyc",
+        "BACKUP_STAMP_VERSION": "1.2408.1.50",
+        "BACKUP_ENCRYPTION_CERT": str(keys / "b.cer"),
+        "BACKUP_DECRYPTION_CERT": str(keys / "b.pfx"),
+        "BACKUP_DECRYPTION_CERT_PASSWORD": "bench-pfx-pw",
+    }
+    smb = ["smbclient", "//127.0.0.1/bench", "-p", str(server.port),
+           "-U", f"{USERNAME}%{PASSWORD}", "--client-protection=sign"]
+    cli = [sys.executable, "-m", "shared"]
+    results: list[Result] = []
+    for label, source, nbytes in (("1 file", big_dir, big_size),
+                                  (f"{args.files} files", tree, tree_size)):
+        env = {**base_env, "BACKUP_SOURCES": json.dumps(
+            [{"name": "Data", "type": "directory", "path": str(source)}])}
+        ours_b = Result("infrabackup backup", label, nbytes)
+        ours_r = Result("infrabackup restore", label, nbytes)
+        put = Result("smbclient put (sign)", label, nbytes)
+        get = Result("smbclient get (sign)", label, nbytes)
+        restic = Result("restic backup (local repo)", label, nbytes)
+        for i in range(args.repeat):
+            print(f"{label}: round {i + 1} of {args.repeat}", file=sys.stderr)
+            clear(share_dir)
+            t, rss = measure([*cli, "backup"], env)
+            ours_b.seconds.append(t)
+            ours_b.rss.append(rss)
+            backup_id = latest_id(cli, env)
+            dest = work / f"restore-{i}"
+            t, rss = measure([*cli, "restore", backup_id, "--to", str(dest)], env)
+            ours_r.seconds.append(t)
+            ours_r.rss.append(rss)
+            shutil.rmtree(dest)
+            clear(share_dir)
+            t, rss = measure([*smb, "-c", f'lcd "{source}"; prompt OFF; recurse ON; mput *'])
+            put.seconds.append(t)
+            put.rss.append(rss)
+            got = work / f"get-{i}"
+            got.mkdir()
+            t, rss = measure([*smb, "-c", f'lcd "{got}"; prompt OFF; recurse ON; mget *'])
+            get.seconds.append(t)
+            get.rss.append(rss)
+            shutil.rmtree(got)
+            repo = work / f"restic-{i}"
+            renv = {"RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
+            subprocess.run(["restic", "init"], env={**os.environ, **renv},
+                           capture_output=True, check=True)
+            t, rss = measure(["restic", "backup", "--quiet", str(source)], renv)
+            restic.seconds.append(t)
+            restic.rss.append(rss)
+            shutil.rmtree(repo)
+        results += [ours_b, ours_r, put, get, restic]
+    clear(share_dir)
+    return results
+
+
+def clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def latest_id(cli: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run([*cli, "list", "--json"], env={**os.environ, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return str(json.loads(out)["backups"][0]["backupId"])
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
+    by = {(r.tool, r.data): r for r in results}
+    print(f"\nMedian of {args.repeat} runs; Samba on 127.0.0.1 with signing; "
+          f"{os.cpu_count()} CPUs; MiB/s of source bytes.\n")
+    print("| data | tool | MiB/s | peak RSS (MiB) | ratio |")
+    print("|---|---|---:|---:|---|")
+    for r in results:
+        ratio = ""
+        if r.tool == "infrabackup backup":
+            put = by[("smbclient put (sign)", r.data)]
+            restic = by[("restic backup (local repo)", r.data)]
+            ratio = (f"{r.mib_s / put.mib_s:.2f}× smbclient put, "
+                     f"{r.mib_s / restic.mib_s:.2f}× restic")
+        elif r.tool == "infrabackup restore":
+            get = by[("smbclient get (sign)", r.data)]
+            ratio = f"{r.mib_s / get.mib_s:.2f}× smbclient get"
+        print(f"| {r.data} | {r.tool} | {r.mib_s:.0f} | {r.peak_mib:.0f} | {ratio} |")
+    big = by[("infrabackup backup", "1 file")]
+    small = by[("infrabackup backup", f"{args.files} files")]
+    per_byte = (statistics.median(small.seconds) / small.nbytes) / (
+        statistics.median(big.seconds) / big.nbytes)
+    print(f"\nSmall-file tree time per byte: {per_byte:.2f}× the large file's.")
+
+
+if __name__ == "__main__":
+    main()
