@@ -116,7 +116,15 @@ def _file(source: Source, path: str, entry: SourceEntry, stats: ArchiveStats,
 
 
 def _describe(handle: object, entry: SourceEntry) -> tuple[int, int, float]:
-    """(size, mode, mtime) of an open file: from fstat when it has a descriptor."""
+    """(size, mode, mtime) of an open file: from fstat when it has a descriptor.
+
+    A remote source's handle (SMB, blob) has no descriptor: it answers ``describe()``
+    from the server instead, so the same changed-during-backup rule applies to it.
+    """
+    describe = getattr(handle, "describe", None)
+    if callable(describe):
+        size, mode, mtime = describe()
+        return int(size), int(mode), float(mtime)
     fileno = getattr(handle, "fileno", None)
     if fileno is not None:
         try:

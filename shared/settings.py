@@ -81,6 +81,7 @@ class SourceSpec:
     password_setting: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    port: int | None = None  # smb sources: the server's SMB port (default 445)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,7 @@ def load_settings(
             problems.append(f"BACKUP_STAMP_VERSION: {exc.message}")
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
+    _check_source_settings(sources, env, problems)
 
     if problems:
         raise ConfigError(_join(problems), setting=problems[0].split(":", 1)[0])
@@ -467,7 +469,7 @@ def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
 
 _SOURCE_FIELDS = {
     "name", "type", "scope", "path", "container", "prefix", "connection",
-    "usernameSetting", "passwordSetting", "include", "exclude",
+    "usernameSetting", "passwordSetting", "include", "exclude", "port",
 }
 
 
@@ -488,6 +490,9 @@ def _parse_source(
             if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
                 problems.append(f"{where}.{key}: must be a list of glob strings. "
                                 'Example: ["*.json", "config/**"].')
+        elif key == "port":
+            if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= 65535:
+                problems.append(f"{where}.port: must be a whole number 1-65535. Example: 445.")
         elif key in _SOURCE_FIELDS and not isinstance(val, str):
             problems.append(f"{where}.{key}: must be a string.")
     if len(problems) and problems[-1].startswith(where + "."):
@@ -522,9 +527,26 @@ def _parse_source(
         except ConfigError as exc:
             problems.append(f"{where}.path: {exc.message}")
             return None
+    if src_type == "smb" and bool(item.get("usernameSetting")) != bool(
+        item.get("passwordSetting")
+    ):
+        problems.append(
+            f"{where}: an smb source names both usernameSetting and passwordSetting (the "
+            "settings holding its credentials), or neither. Example: "
+            '"usernameSetting": "HLH_SHARE_USERNAME", "passwordSetting": "HLH_SHARE_PASSWORD".'
+        )
+        return None
     if src_type == "blob" and not item.get("container"):
         problems.append(
             f"{where}.container: missing for a blob source. Example: "
+            '{"name": "KeyVault", "type": "blob", "connection": "KV_STORAGE", '
+            '"container": "kvdata"}.'
+        )
+        return None
+    if src_type == "blob" and not item.get("connection"):
+        problems.append(
+            f"{where}.connection: missing for a blob source: name the setting that holds the "
+            "storage connection string or account URL. Example: "
             '{"name": "KeyVault", "type": "blob", "connection": "KV_STORAGE", '
             '"container": "kvdata"}.'
         )
@@ -541,4 +563,38 @@ def _parse_source(
         password_setting=item.get("passwordSetting"),
         include=tuple(item.get("include", ())),
         exclude=tuple(item.get("exclude", ())),
+        port=item.get("port"),
     )
+
+
+def _check_source_settings(
+    sources: tuple[SourceSpec, ...], env: Mapping[str, str], problems: list[str]
+) -> None:
+    """Every setting a source names for its credentials must be set (values never shown).
+
+    A blob source's ``connection`` may instead be an identity-based connection in the
+    Azure Functions form: ``<connection>__blobServiceUri`` or ``<connection>__serviceUri``.
+    """
+    for spec in sources:
+        for field_name, setting in (
+            ("usernameSetting", spec.username_setting),
+            ("passwordSetting", spec.password_setting),
+        ):
+            if setting and not env.get(setting, "").strip():
+                problems.append(
+                    f"{setting}: not set, but source {spec.name} names it as its "
+                    f"{field_name}. Set it (a Key Vault reference in Azure). Example: "
+                    f"{setting}=hlhbackup."
+                )
+        if spec.connection and not any(
+            env.get(name, "").strip()
+            for name in (spec.connection, f"{spec.connection}__blobServiceUri",
+                         f"{spec.connection}__serviceUri")
+        ):
+            problems.append(
+                f"{spec.connection}: not set, but source {spec.name} names it as its "
+                "connection. Set it to a storage connection string, or set "
+                f"{spec.connection}__blobServiceUri to the account URL to use the managed "
+                f"identity. Example: {spec.connection}__blobServiceUri="
+                "https://contosokv.blob.core.windows.net."
+            )

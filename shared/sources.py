@@ -9,6 +9,16 @@ vanish between listing and reading, which the archive records (never fatal).
 path; a pattern without ``/`` matches the last path part (the name) as well, so
 ``*.tmp`` excludes temporary files in every folder. Exclude wins over include;
 include patterns apply to files only (folders are kept so the tree stays whole).
+
+Three source types (docs/SOURCES.md): ``directory`` (here), ``smb``
+(:mod:`shared.source_smb`) and ``blob`` (:mod:`shared.source_blob`). Names starting
+with :data:`RESERVED_PREFIXES` at the top of a source are the staging folders of a
+restore into the source (:mod:`shared.restore_sources`): never backed up.
+
+A source's ``open`` may return a handle with ``describe() -> (size, mode, mtime)``:
+the archive asks it for the file's state when the header is written and again after
+the last byte, exactly as it uses ``fstat`` on a local file, so a remote file that
+changes while it is read is recorded as changed-during-backup.
 """
 
 from __future__ import annotations
@@ -19,10 +29,15 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from shared.errors import InfraBackupError
-from shared.settings import SourceSpec
+from shared.settings import Settings, SourceSpec
+
+#: Top-level names a restore into a source uses for its staging and the replaced data.
+RESTORE_STAGING = ".infrabackup-restore-"
+RESTORE_REPLACED = ".infrabackup-replaced-"
+RESERVED_PREFIXES = (RESTORE_STAGING, RESTORE_REPLACED)
 
 
 class SourceError(InfraBackupError):
@@ -43,6 +58,19 @@ class SourceEntry:
     link_target: str | None = None
 
 
+class SourceFile(Protocol):
+    """What the archive needs of an open file: chunked reads and closing (``with``).
+
+    It may also have ``describe() -> (size, mode, mtime)`` (see the module docstring).
+    """
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def __enter__(self) -> SourceFile: ...
+
+    def __exit__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class Source(Protocol):
     """A backup source. ``entries`` may raise SourceError before yielding anything."""
 
@@ -50,9 +78,15 @@ class Source(Protocol):
 
     def entries(self) -> Iterator[SourceEntry]: ...
 
-    def open(self, entry: SourceEntry) -> BinaryIO:
-        """Open a file entry for reading; FileNotFoundError when it vanished."""
+    def open(self, entry: SourceEntry) -> SourceFile:
+        """Open a file entry for reading; FileNotFoundError when it vanished,
+        PermissionError when it cannot be read (the component then fails)."""
         ...
+
+
+def is_reserved(top_level_name: str) -> bool:
+    """Whether a top-level name belongs to a restore's staging (never backed up)."""
+    return top_level_name.startswith(RESERVED_PREFIXES)
 
 
 def matches(path: str, patterns: tuple[str, ...]) -> bool:
@@ -104,6 +138,8 @@ class DirectorySource:
         except FileNotFoundError:
             return  # vanished while we walked: nothing of it to back up
         for item in items:
+            if not prefix and is_reserved(item.name):
+                continue
             rel = f"{prefix}{item.name}"
             try:
                 st = item.stat(follow_symlinks=False)
@@ -128,11 +164,24 @@ class DirectorySource:
         return open(self.root / entry.path, "rb")
 
 
-def open_source(spec: SourceSpec) -> Source:
-    """The source for a spec. SMB and blob sources are built by their own modules."""
+def open_source(spec: SourceSpec, settings: Settings | None = None) -> Source:
+    """The source for a spec; SMB and blob sources take their credentials from ``settings``.
+
+    Raises SourceError when the source cannot be built (a credential setting missing).
+    """
     if spec.type == "directory":
         return DirectorySource(spec)
-    raise SourceError(
-        f"source {spec.name}: type '{spec.type}' is not supported by this build yet; use "
-        "a directory source (a mounted folder)."
-    )
+    if settings is None:
+        raise SourceError(
+            f"source {spec.name}: a {spec.type} source needs the settings that hold its "
+            "credentials (internal error: none were given)."
+        )
+    if spec.type == "smb":
+        from shared.source_smb import SmbSource  # local: keeps smbprotocol off this import
+
+        return SmbSource(spec, settings)
+    if spec.type == "blob":
+        from shared.source_blob import BlobSource
+
+        return BlobSource(spec, settings)
+    raise SourceError(f"source {spec.name}: unknown source type '{spec.type}'.")
