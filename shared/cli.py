@@ -385,16 +385,35 @@ def verify(backup_id: str, as_json: bool) -> int:
 @json_option
 def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str | None,
             target_version: str | None, as_json: bool) -> int:
-    """Decrypt a backup with the PFX and restore it."""
+    """Decrypt a backup with the PFX and restore it.
+
+    --to DIR gives DIR/<component>/ for inspection. --to-sources writes each component
+    back to the BACKUP_SOURCES entry of its name, staged and authenticated first, then
+    swapped in (docs/SOURCES.md).
+    """
     if bool(to_dir) == to_sources:
         raise ConfigError("restore: give exactly one of --to DIR or --to-sources.")
-    if to_sources:
-        raise ConfigError("--to-sources: restoring into the sources is not available in this "
-                          "build yet; use --to DIR.")
     rt = runtime()
     settings = rt.settings
     ring = decryption_keyring(settings)
     require_decryption(ring)
+    if to_sources:
+        from shared.restore_sources import restore_to_sources
+
+        done = restore_to_sources(
+            rt.share, stamp_layout(settings), backup_id, ring, settings,
+            component=component, target_version=target_version,
+            progress=progress_for(as_json, "restoring"),
+        )
+        lines = []
+        for item in done.components:
+            lines.append(f"Restored {item.name}: {item.files} files, {item.bytes} bytes -> "
+                         f"{item.target}" + (f" (kept {len(item.kept)} left-out entries)"
+                                             if item.kept else ""))
+            lines += [f"  warning: {w}" for w in item.warnings]
+        emit(as_json, {"backupId": done.backup_id, "toSources": True,
+                       "components": [c.to_dict() for c in done.components]}, "\n".join(lines))
+        return EXIT_OK
     assert to_dir is not None
     result = restore_backup(
         rt.share, stamp_layout(settings), backup_id, ring, Path(to_dir),

@@ -420,6 +420,12 @@ def restore_to_sources(
     return result
 
 
+def _remove_both(tree: Tree, staging: str, token: str) -> None:
+    """Clean-up: the staging folder and the replaced content (after a swap)."""
+    tree.remove_tree(staging)
+    tree.remove_tree(f"{RESTORE_REPLACED}{token}")
+
+
 def _quietly(fn: Callable[[], None]) -> list[str]:
     try:
         fn()
@@ -456,7 +462,7 @@ def _stage(
             SourceRestore(name, spec.type, str(root), int(str(info["files"])),
                           int(str(info["bytes"]))),
             swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token),
-            discard=lambda: tree.remove_tree(staging),
+            discard=lambda: _remove_both(tree, staging, token),
         )
     restored = restore_backup(share, layout, backup_id, keyring, local, component=name,
                               progress=progress)
@@ -477,7 +483,7 @@ def _stage(
             shutil.rmtree(folder, ignore_errors=True)
         return _Staged(record, spec, result,
                        swap=lambda: swap_tree(smb_tree, spec, staging, token),
-                       discard=lambda: smb.remove_tree(staging), close=smb.close)
+                       discard=lambda: _remove_both(smb_tree, staging, token), close=smb.close)
     blob = BlobSource(spec, settings)
     result.target = blob.description
     new: list[str] = []
