@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.backup import BackupContext, Clock, Progress, run_backup, stamp_layout, utcnow
-from shared.errors import InfraBackupError
+from shared.errors import InfraBackupError, RefusedError
 from shared.key_provider import encryption_wrapper
 from shared.keys import KeyWrapper
 from shared.maintenance import MaintenanceStore, ShareMaintenanceStore, refuse_if_open
@@ -56,24 +56,37 @@ class JobDependencies:
 def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manifest:
     """Run one backup with its record and telemetry; raise the failure after recording it.
 
-    Refusals (maintenance window, lock held) are raised before anything is recorded as
-    Running; the caller decides whether they are Skipped (timer) or 409 (HTTP).
+    Every failure, before or during the backup (an unreachable share at the maintenance
+    check, an unusable certificate, a full disk), is recorded as Failed and alerted: it
+    must page someone. Refusals (maintenance window, lock held) are not failures: one
+    raised before the job started leaves no record (the caller reports Skipped or 409);
+    one raised after "Running" was recorded (the lock) marks the job Skipped.
     """
     settings = deps.settings
     layout = stamp_layout(settings)
     maintenance = deps.maintenance or ShareMaintenanceStore(deps.share, layout)
-    refuse_if_open(maintenance)
-    wrapper = deps.wrapper or encryption_wrapper(settings, deps.clock())
-    ctx = BackupContext(settings, deps.share, wrapper, clock=deps.clock,
-                        observer=deps.telemetry)
-    if deps.progress is not None:
-        ctx.progress = deps.progress
     backup_id = backup_id or str(uuid.uuid4())
     started = time.monotonic()
-    deps.record.update(backup_id, status="Running", startedUtc=deps.clock().isoformat())
+    running = False
     try:
+        # The span covers the checks too: a share that fails already there is a failed
+        # backup whose request shows in Application Insights with its error.
         with deps.telemetry.backup(backup_id, settings):
+            refuse_if_open(maintenance)
+            wrapper = deps.wrapper or encryption_wrapper(settings, deps.clock())
+            ctx = BackupContext(settings, deps.share, wrapper, clock=deps.clock,
+                                observer=deps.telemetry)
+            if deps.progress is not None:
+                ctx.progress = deps.progress
+            deps.record.update(backup_id, status="Running",
+                               startedUtc=deps.clock().isoformat())
+            running = True
             manifest = run_backup(ctx, backup_id)
+    except RefusedError as exc:
+        if running:
+            deps.record.update(backup_id, status="Skipped", reason=exc.message,
+                               completedUtc=deps.clock().isoformat())
+        raise
     except InfraBackupError as exc:
         deps.record.update(
             backup_id, status="Failed", completedUtc=deps.clock().isoformat(),

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from shared import __version__
+from shared.allocator import tune_allocator
 from shared.backup import stamp_layout, utcnow
 from shared.backup_job import JobDependencies, run_backup_job
 from shared.catalog import find_backup, list_backups
@@ -32,9 +33,10 @@ from shared.errors import (
 from shared.key_provider import decryption_keyring, require_decryption
 from shared.keys import generate_certificate, generate_legacy_key
 from shared.maintenance import (
+    MaintenanceStore,
     MaintenanceWindow,
-    ShareMaintenanceStore,
     check_operation,
+    open_maintenance_store,
 )
 from shared.manifest import Manifest
 from shared.progress import progress_for
@@ -282,11 +284,41 @@ def _summary(m: Manifest) -> dict[str, Any]:
     }
 
 
+def _job_store() -> Any:
+    """The Functions app's job records when AzureWebJobsStorage is set, else None."""
+    from shared.job_store import JobStore
+    from shared.storage import StorageAccount, stamp_key
+
+    settings = runtime().settings
+    if not StorageAccount.configured(settings.raw):
+        return None
+    table = StorageAccount.from_environ(settings.raw).table_client()
+    return JobStore(table, stamp_key(stamp_layout(settings)))
+
+
+def _record_line(r: dict[str, Any]) -> str:
+    size = f"{r['sizeBytes'] / MIB:7.1f} MiB" if r.get("sizeBytes") is not None else " " * 11
+    took = f"{r['timeTakenSeconds']:6.1f}s" if r.get("timeTakenSeconds") is not None else " " * 7
+    why = r.get("reason") or (r.get("alert") or {}).get("name") or r.get("thumbprint") or ""
+    return (f"{r.get('backupId', ''):36}  {r.get('status', ''):16}  "
+            f"{str(r.get('createdUtc', ''))[:19].replace('T', ' '):19}  {took}  {size}  "
+            f"{r.get('stampVersion') or '':12}  {why}")
+
+
 @cli.command("list")
 @json_option
 def list_command(as_json: bool) -> int:
-    """The backups on the share, newest first."""
+    """The backups newest first: the Functions app's job records when AzureWebJobsStorage
+    is set, otherwise the share's manifests."""
     rt = runtime()
+    jobs = _job_store()
+    if jobs is not None:
+        records = list(jobs.records())
+        header = (f"{'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  {'TIME':>7}  "
+                  f"{'SIZE':>11}  {'VERSION':12}  CERTIFICATE / REASON / ALERT")
+        emit(as_json, {"source": "jobRecords", "backups": records},
+             "\n".join([header, *map(_record_line, records)]) if records else "No backups yet.")
+        return EXIT_OK
     listing = list_backups(rt.share, stamp_layout(rt.settings))
     data = {
         "backups": [_summary(m) for m in listing.backups],
@@ -316,8 +348,23 @@ def list_command(as_json: bool) -> int:
 @click.argument("backup_id")
 @json_option
 def show(backup_id: str, as_json: bool) -> int:
-    """One backup: status, times, size, version, certificate, components."""
+    """One backup: status, times, size, version, certificate, components (the job record
+    when AzureWebJobsStorage is set, otherwise the share's manifest)."""
     rt = runtime()
+    jobs = _job_store()
+    if jobs is not None:
+        from shared.errors import NotFoundError
+        from shared.layout import parse_backup_id
+
+        wanted = parse_backup_id(backup_id)
+        record = jobs.get(wanted)
+        if record is None:
+            raise NotFoundError(f"No backup job {wanted} in the job records of this stamp. "
+                                "'infrabackup list' shows them.")
+        text = [f"{k + ':':18}{json.dumps(v) if isinstance(v, dict | list) else v}"
+                for k, v in record.items()]
+        emit(as_json, record, "\n".join(text))
+        return EXIT_OK
     m = find_backup(rt.share, stamp_layout(rt.settings), backup_id)
     lines = [
         f"Backup:       {m.backup_id}",
@@ -470,9 +517,11 @@ def maintenance() -> None:
     """The update/FRU window during which backups are skipped or refused."""
 
 
-def _maintenance_store() -> ShareMaintenanceStore:
+def _maintenance_store() -> MaintenanceStore:
+    """The window the Functions app uses (its table) when AzureWebJobsStorage is set,
+    otherwise the share's file."""
     rt = runtime()
-    return ShareMaintenanceStore(rt.share, stamp_layout(rt.settings))
+    return open_maintenance_store(rt.settings, rt.share)
 
 
 @maintenance.command("start")
@@ -544,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command, map errors to exit codes."""
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
+    tune_allocator()
     try:
         code = cli.main(args=args, prog_name="infrabackup", standalone_mode=False)
     except click.exceptions.Abort:

@@ -88,7 +88,7 @@ def encrypt_stream(
         chunks = _zstd_compress(chunks)
     # Hold one segment back so the final one can be marked: the stream may end on a
     # segment boundary, in which case the last segment is empty.
-    pending: bytes | None = None
+    pending: bytes | memoryview | None = None
     index = 0
     for piece in _records(chunks, segment_size, empty_tail=True):
         if pending is not None:
@@ -137,7 +137,7 @@ def decrypt_stream(chunks: Iterable[bytes], data_key: bytes, component: str) -> 
 
     def plaintexts() -> Iterator[bytes]:
         index = 0
-        pending: bytes | None = None
+        pending: bytes | memoryview | None = None
         for record in _records(header.rest, segment_size + TAG_BYTES):
             if pending is not None:
                 # A record followed by more data is not the last: its nonce says so.
@@ -158,7 +158,8 @@ def decrypt_stream(chunks: Iterable[bytes], data_key: bytes, component: str) -> 
 
 
 def _open(
-    aead: AESGCM, index: int, last: bool, record: bytes, header: bytes, component: str
+    aead: AESGCM, index: int, last: bool, record: bytes | memoryview, header: bytes,
+    component: str,
 ) -> bytes:
     try:
         return aead.decrypt(_nonce(index, last), record, header)
@@ -193,16 +194,32 @@ def _take(it: Iterator[bytes], n: int) -> _Split:
     return _Split(bytes(buffer[:n]), rest())
 
 
-def _records(chunks: Iterable[bytes], size: int, *, empty_tail: bool = False) -> Iterator[bytes]:
-    """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``)."""
-    buffer = bytearray()
+def _records(
+    chunks: Iterable[bytes], size: int, *, empty_tail: bool = False
+) -> Iterator[bytes | memoryview]:
+    """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``).
+
+    Records are views into one joined buffer where possible: each byte is copied once
+    on its way from the chunks to the cipher, which takes any bytes-like object.
+    """
+    pending: list[bytes] = []
+    have = 0
     for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer or empty_tail:
-        yield bytes(buffer)
+        if not have and len(chunk) == size:
+            yield chunk
+            continue
+        pending.append(chunk)
+        have += len(chunk)
+        if have < size:
+            continue
+        joined = memoryview(b"".join(pending))
+        whole = have - have % size
+        for start in range(0, whole, size):
+            yield joined[start : start + size]
+        rest = bytes(joined[whole:])
+        pending, have = ([rest], len(rest)) if rest else ([], 0)
+    if have or empty_tail:
+        yield b"".join(pending)
 
 
 def _zstd_compress(chunks: Iterable[bytes]) -> Iterator[bytes]:
