@@ -57,6 +57,10 @@ def test_round_trip_is_byte_identical_for_awkward_trees(stamp: Stamp, tmp_path: 
         (acs / "many" / f"{i:03d}.cfg").write_bytes(os.urandom(i))
     write_random(acs / "blob.bin", 3 * 1024 * 1024 + 7)
     (acs / "link-inside").symlink_to("deep/er/est/state.json")
+    long_dir = acs / ("d" * 90) / ("é" * 60)  # past ustar's 100-byte name field
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 120)).write_bytes(b"long")
+    (acs / "long-link").symlink_to("./" * 60 + "empty.txt")
     (stamp.source_dir("Switches") / "tor1.txt").write_text("hostname tor1\n")
 
     manifest = stamp.backup()
