@@ -78,6 +78,18 @@ param schedulerEnabled bool = true
 @maxValue(14)
 param retentionDays int = 7
 
+@description('BACKUP_COMPRESSION: none (default) or zstd; zstd shrinks text-heavy state at some CPU cost.')
+@allowed([
+  'none'
+  'zstd'
+])
+param compression string = 'none'
+
+@description('BACKUP_PARALLEL_COMPONENTS: how many components are backed up at once (1-8).')
+@minValue(1)
+@maxValue(8)
+param parallelComponents int = 2
+
 @description('Name under which the encryption certificate is imported into the Key Vault after deployment; BACKUP_ENCRYPTION_CERT is its URL.')
 param encryptionCertificateName string = 'infrabackup-encryption'
 
@@ -236,6 +248,8 @@ module functionApp 'app/function-app.bicep' = {
     backupSchedule: backupSchedule
     schedulerEnabled: schedulerEnabled
     retentionDays: retentionDays
+    compression: compression
+    parallelComponents: parallelComponents
     stampVersion: stampVersion
     extraAppSettings: extraAppSettings
   }

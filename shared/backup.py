@@ -21,9 +21,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,6 +35,7 @@ from shared.archive import ArchiveStats, tar_stream
 from shared.encryption import (
     COMPRESSION_NAMES,
     COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
     DEFAULT_SEGMENT_SIZE,
     FORMAT_VERSION,
     encrypt_stream,
@@ -97,7 +101,6 @@ class BackupOptions:
     """Stream parameters (see docs/FORMAT.md); defaults suit the share and memory bounds."""
 
     segment_size: int = DEFAULT_SEGMENT_SIZE
-    compression: int = COMPRESSION_NONE
     read_ahead: int = 8  # segments produced ahead of the share's writes
 
 
@@ -115,6 +118,9 @@ class BackupContext:
     #: Builds a component's source (a test seam); None: :func:`shared.sources.open_source`
     #: with this run's settings, from which SMB and blob sources take their credentials.
     open_source: Callable[[SourceSpec], Source] | None = None
+    #: Opens another connection to the same share, for parallel components (None: one
+    #: component at a time).
+    extra_share: Callable[[], Share] | None = None
 
     def source(self, spec: SourceSpec) -> Source:
         """The source of ``spec`` (SourceError when it cannot be built)."""
@@ -155,10 +161,7 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
         try:
             ctx.share.make_dirs(layout.backup_dir(timestamp, backup_id))
             ctx.progress.start(_estimate(ctx))
-            records = [
-                _backup_component(ctx, layout, spec, timestamp, backup_id, data_key, written)
-                for spec in settings.sources
-            ]
+            records = _backup_components(ctx, layout, timestamp, backup_id, data_key, written)
             ctx.progress.finish()
             succeeded = [r for r in records if r.status == "Succeeded"]
             if not succeeded:
@@ -184,7 +187,7 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
                 stream={
                     "format": FORMAT_VERSION,
                     "segmentSize": ctx.options.segment_size,
-                    "compression": COMPRESSION_NAMES[ctx.options.compression],
+                    "compression": COMPRESSION_NAMES[_compression(settings)],
                 },
             )
             ctx.share.write_stream(
@@ -197,6 +200,54 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
             raise
     log.info("backup %s %s: %d bytes", backup_id, manifest.status, manifest.size_bytes)
     return manifest
+
+
+def _compression(settings: Settings) -> int:
+    return COMPRESSION_ZSTD if settings.compression == "zstd" else COMPRESSION_NONE
+
+
+def _backup_components(
+    ctx: BackupContext, layout: StampLayout, timestamp: str, backup_id: str,
+    data_key: bytes, written: list[str],
+) -> list[ComponentRecord]:
+    """Back up every source, up to ``parallel_components`` at a time, in sources order.
+
+    Each worker beyond the first writes through its own share connection
+    (``ctx.extra_share``), so streams overlap on the wire as well as in the CPU. The first
+    share error stops the others from starting and is raised once they finished.
+    """
+    specs = list(ctx.settings.sources)
+    workers = min(ctx.settings.parallel_components, len(specs))
+    if workers <= 1 or ctx.extra_share is None:
+        return [_backup_component(ctx, ctx.share, layout, spec, timestamp, backup_id,
+                                  data_key, written) for spec in specs]
+    shares = [ctx.share] + [ctx.extra_share() for _ in range(workers - 1)]
+    idle: queue.SimpleQueue[Share] = queue.SimpleQueue()
+    for share in shares:
+        idle.put(share)
+    failed = threading.Event()
+
+    def one(spec: SourceSpec) -> ComponentRecord | None:
+        if failed.is_set():
+            return None
+        share = idle.get()
+        try:
+            return _backup_component(ctx, share, layout, spec, timestamp, backup_id,
+                                     data_key, written)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            idle.put(share)
+
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="component") as pool:
+            futures = [pool.submit(one, spec) for spec in specs]
+            results = [f.result() for f in futures]  # raises the first failure, in order
+    finally:
+        for share in shares[1:]:
+            share.close()
+    return [r for r in results if r is not None]
 
 
 def _estimate(ctx: BackupContext) -> int | None:
@@ -214,6 +265,7 @@ def _estimate(ctx: BackupContext) -> int | None:
 
 def _backup_component(
     ctx: BackupContext,
+    share: Share,
     layout: StampLayout,
     spec: SourceSpec,
     timestamp: str,
@@ -231,22 +283,22 @@ def _backup_component(
     with ctx.observer.component(spec.name):
         try:
             if spec.scope == "region":
-                ctx.share.make_dirs(parent_and_name(path)[0])
+                share.make_dirs(parent_and_name(path)[0])
             source = ctx.source(spec)
             plain = _guard_source(spec, tar_stream(source, stats, ctx.progress.advance))
             cipher = encrypt_stream(plain, data_key, spec.name,
                                     segment_size=ctx.options.segment_size,
-                                    compression=ctx.options.compression)
+                                    compression=_compression(ctx.settings))
             written.append(path)
             # Reading, tar, encryption and hashing run ahead in a thread while the share
             # writes: CPU and network overlap, memory stays at depth x segment size.
             stream = prefetch(_hashed(cipher, digest), ctx.options.read_ahead,
                               name=f"read {spec.name}")
-            record.ciphertext_bytes = ctx.share.write_stream(path, stream)
+            record.ciphertext_bytes = share.write_stream(path, stream)
         except SourceError as exc:
             # write_stream removed its temporary file; nothing of this component is left.
             if spec.scope == "region":
-                remove_if_empty(ctx.share, parent_and_name(path)[0])
+                remove_if_empty(share, parent_and_name(path)[0])
             record.message = exc.message
             log.warning("component %s failed: %s", spec.name, exc.message)
             return record
@@ -255,7 +307,7 @@ def _backup_component(
     record.files, record.folders = stats.files, stats.folders
     record.changed, record.vanished, record.skipped = stats.changed, stats.vanished, stats.skipped
     if stats.unreadable:
-        ctx.share.remove(path)
+        share.remove(path)
         written.remove(path)
         record.message = (
             f"{len(stats.unreadable)} file(s) could not be read (permission denied): "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,8 @@ class JobDependencies:
     clock: Clock = utcnow
     progress: Progress | None = None
     wrapper: KeyWrapper | None = None
+    #: Opens another connection to the share for parallel components (None: sequential).
+    extra_share: Callable[[], Share] | None = None
 
 
 def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manifest:
@@ -75,7 +78,7 @@ def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manif
             refuse_if_open(maintenance)
             wrapper = deps.wrapper or encryption_wrapper(settings, deps.clock())
             ctx = BackupContext(settings, deps.share, wrapper, clock=deps.clock,
-                                observer=deps.telemetry)
+                                observer=deps.telemetry, extra_share=deps.extra_share)
             if deps.progress is not None:
                 ctx.progress = deps.progress
             deps.record.update(backup_id, status="Running",

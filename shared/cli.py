@@ -251,7 +251,8 @@ def backup(as_json: bool) -> int:
     telemetry = configure_telemetry(settings)
     try:
         manifest = run_backup_job(JobDependencies(
-            settings, rt.share, telemetry=telemetry, progress=progress_for(as_json)))
+            settings, rt.share, telemetry=telemetry, progress=progress_for(as_json),
+            extra_share=lambda: open_share(settings)))
     finally:
         telemetry.flush()
     for warning in manifest.warnings:

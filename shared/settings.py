@@ -30,6 +30,7 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 
 
 SOURCE_TYPES = ("directory", "smb", "blob")
 SOURCE_SCOPES = ("backup", "region")
+COMPRESSIONS = ("none", "zstd")
 DEFAULT_SCHEDULE = "0 0 */12 * * *"
 
 
@@ -105,6 +106,8 @@ class Settings:
     schedule: str = DEFAULT_SCHEDULE
     scheduler_enabled: bool = True
     retention_days: int = 7
+    compression: str = "none"
+    parallel_components: int = 2
     stamp_version: str | None = None
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
@@ -178,6 +181,8 @@ ALL_SETTINGS = (
     "BACKUP_SCHEDULE",
     "BACKUP_SCHEDULER_ENABLED",
     "BACKUP_RETENTION_DAYS",
+    "BACKUP_COMPRESSION",
+    "BACKUP_PARALLEL_COMPONENTS",
     "BACKUP_STAMP_VERSION",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "AzureWebJobsStorage",
@@ -250,6 +255,15 @@ def load_settings(
             f"BACKUP_SCALE_UNIT: '{scale_unit}' is not a safe folder name (letters, digits, "
             "'.', '_' and '-', at most 64). Example: s-cluster01."
         )
+    compression = get("BACKUP_COMPRESSION").lower() or "none"
+    if compression not in COMPRESSIONS:
+        problems.append(
+            f"BACKUP_COMPRESSION: '{compression}' is not one of {', '.join(COMPRESSIONS)}. "
+            "Example: none."
+        )
+    parallel = _parse_int(
+        get("BACKUP_PARALLEL_COMPONENTS"), "BACKUP_PARALLEL_COMPONENTS", 2, 1, 8, "2", problems
+    )
     retention = _parse_int(
         get("BACKUP_RETENTION_DAYS"), "BACKUP_RETENTION_DAYS", 7, 2, 14, "7", problems
     )
@@ -294,6 +308,8 @@ def load_settings(
         schedule=schedule,
         scheduler_enabled=scheduler,
         retention_days=retention,
+        compression=compression,
+        parallel_components=parallel,
         stamp_version=stamp_version,
         appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
         webjobs_storage=_secret(env.get("AzureWebJobsStorage")),

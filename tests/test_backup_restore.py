@@ -22,6 +22,7 @@ from shared.errors import (
 from shared.keys import generate_legacy_key
 from shared.restore import restore_backup, verify_backup
 from shared.settings import SourceSpec
+from shared.share import LocalShare
 from shared.sources import DirectorySource, SourceEntry
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, tree, write_random
 
@@ -332,3 +333,42 @@ def test_files_changing_during_backup_are_recorded(stamp: Stamp, tmp_path: Path)
     assert (dest / "ACS" / "steady.txt").read_text() == "steady"
     # The archive stays well-formed: the shrunk file keeps its header size, zero-padded.
     assert (dest / "ACS" / "shrink.log").read_bytes() == b"x" * 10 + b"\0" * 4990
+
+
+def test_parallel_components_use_their_own_share_and_keep_sources_order(
+    stamp: Stamp, tmp_path: Path
+) -> None:
+    names = ["ACS", "CRP", "NRP", "KeyVault", "Switches"]
+    specs = []
+    for i, name in enumerate(names):
+        folder = stamp.source_dir(name)
+        write_random(folder / "state.bin", 300_000 + i, seed=i)
+        specs.append({"name": name, "path": str(folder),
+                      "scope": "region" if name == "Switches" else "backup"})
+    stamp.set_sources(specs)
+    stamp.env["BACKUP_PARALLEL_COMPONENTS"] = "3"
+    opened: list[LocalShare] = []
+
+    def extra() -> LocalShare:
+        opened.append(LocalShare(Path(stamp.env["BACKUP_SHARE_PATH"])))
+        return opened[-1]
+
+    manifest = stamp.backup(extra_share=extra)
+    assert [c.name for c in manifest.components] == names
+    assert len(opened) == 2  # the run's own share plus two more for three workers
+    dest = tmp_path / "r"
+    _restore(stamp, manifest.backup_id, dest)
+    for name in names:
+        assert tree(dest / name) == tree(stamp.source_dir(name))
+
+
+def test_zstd_compression_round_trips_and_is_recorded(stamp: Stamp, tmp_path: Path) -> None:
+    config = "".join(f"interface Ethernet1/{i}\n description uplink\n" for i in range(20000))
+    (stamp.source_dir("ACS") / "running-config.txt").write_text(config)
+    stamp.env["BACKUP_COMPRESSION"] = "zstd"
+    manifest = stamp.backup()
+    assert manifest.stream["compression"] == "zstd"
+    acs = manifest.component("ACS")
+    assert acs is not None and acs.ciphertext_bytes < len(config) / 5
+    _restore(stamp, manifest.backup_id, tmp_path / "r")
+    assert (tmp_path / "r/ACS/running-config.txt").read_text() == config

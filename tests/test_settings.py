@@ -58,6 +58,8 @@ def test_a_bare_netbios_name_is_refused_with_the_reason() -> None:
         ({"BACKUP_SHARE_REQUIRE_ENCRYPTION": "maybe"}, "not true or false"),
         ({"BACKUP_SHARE_TIMEOUT_SECONDS": "-1"}, "BACKUP_SHARE_TIMEOUT_SECONDS"),
         ({"BACKUP_SCHEDULE": "every day"}, "NCRONTAB"),
+        ({"BACKUP_COMPRESSION": "gzip"}, "BACKUP_COMPRESSION: 'gzip' is not one of none, zstd"),
+        ({"BACKUP_PARALLEL_COMPONENTS": "0"}, "BACKUP_PARALLEL_COMPONENTS: 0 is outside 1-8"),
         ({"BACKUP_STAMP_VERSION": "latest"}, "BACKUP_STAMP_VERSION"),
         ({"BACKUP_SOURCES": "[{"}, "not valid JSON"),
         ({"BACKUP_SOURCES": '{"name": "A"}'}, "JSON array"),

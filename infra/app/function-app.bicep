@@ -108,6 +108,18 @@ param schedulerEnabled bool = true
 @maxValue(14)
 param retentionDays int = 7
 
+@description('BACKUP_COMPRESSION: none (default) or zstd; zstd shrinks text-heavy state at some CPU cost.')
+@allowed([
+  'none'
+  'zstd'
+])
+param compression string = 'none'
+
+@description('BACKUP_PARALLEL_COMPONENTS: how many components are backed up at once (1-8).')
+@minValue(1)
+@maxValue(8)
+param parallelComponents int = 2
+
 @description('BACKUP_STAMP_VERSION: version of the infrastructure being backed up.')
 param stampVersion string
 
@@ -143,6 +155,8 @@ var appSettings = {
   BACKUP_SCHEDULE: backupSchedule
   BACKUP_SCHEDULER_ENABLED: schedulerEnabled ? 'true' : 'false'
   BACKUP_RETENTION_DAYS: string(retentionDays)
+  BACKUP_COMPRESSION: compression
+  BACKUP_PARALLEL_COMPONENTS: string(parallelComponents)
   BACKUP_STAMP_VERSION: stampVersion
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   AzureWebJobsStorage__accountName: storageAccountName
