@@ -1,5 +1,79 @@
-"""Azure Functions entry point: wires triggers to the ``shared`` package, nothing more."""
+"""Azure Functions entry point: wires triggers to the ``shared`` package, nothing more.
+
+Every HTTP route is at function-key level (docs/API.md). Backups run in the queue
+worker, never in an HTTP request: the timer and ``POST /api/backups`` only queue them.
+"""
 
 import azure.functions as func
 
+from shared import api, scheduler, worker
+from shared.app_services import AppServices, configure_app_telemetry
+from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+telemetry = configure_app_telemetry()
+FUNCTION = func.AuthLevel.FUNCTION
+
+
+def services() -> AppServices:
+    """This invocation's settings, share and storage (read afresh each time)."""
+    return AppServices(telemetry=telemetry)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", run_on_startup=False,
+                   use_monitor=True)
+def scheduled_backup(timer: func.TimerRequest) -> None:
+    scheduler.run_scheduled(services(), past_due=timer.past_due)
+
+
+@app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")
+def run_backup_job(message: func.QueueMessage) -> None:
+    worker.process_message(services(), message.get_body(), message_id=message.id or "",
+                           dequeue_count=message.dequeue_count or 1)
+
+
+@app.queue_trigger(arg_name="message", queue_name=POISON_QUEUE_NAME,
+                   connection="AzureWebJobsStorage")
+def fail_poisoned_job(message: func.QueueMessage) -> None:
+    worker.fail_poisoned(services(), message.get_body(), message_id=message.id or "",
+                         dequeue_count=message.dequeue_count or 1)
+
+
+@app.route(route="backups", methods=["POST"], auth_level=FUNCTION)
+def start_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.start_backup(req, services())
+
+
+@app.route(route="backups", methods=["GET"], auth_level=FUNCTION)
+def list_backups(req: func.HttpRequest) -> func.HttpResponse:
+    return api.list_backups(req, services())
+
+
+@app.route(route="backups/{backupId}", methods=["GET"], auth_level=FUNCTION)
+def get_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.get_backup(req, services())
+
+
+@app.route(route="backup-configuration", methods=["GET"], auth_level=FUNCTION)
+def get_configuration(req: func.HttpRequest) -> func.HttpResponse:
+    return api.get_configuration(req, services())
+
+
+@app.route(route="maintenance", methods=["PUT"], auth_level=FUNCTION)
+def open_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.open_maintenance(req, services())
+
+
+@app.route(route="maintenance", methods=["DELETE"], auth_level=FUNCTION)
+def close_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.close_maintenance(req, services())
+
+
+@app.route(route="maintenance", methods=["GET"], auth_level=FUNCTION)
+def get_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.get_maintenance(req, services())
+
+
+@app.route(route="prune", methods=["POST"], auth_level=FUNCTION)
+def prune(req: func.HttpRequest) -> func.HttpResponse:
+    return api.prune(req, services())

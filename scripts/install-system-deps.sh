@@ -13,3 +13,18 @@ if ((${#need[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Azurite (the Azure Storage emulator the Functions tests start) from the npm registry,
+# pinned by package-lock.json. Needs node and npm; installs them from Debian if missing.
+cd "$(dirname "$0")/.."
+if [[ ! -f node_modules/azurite/dist/src/azurite.js ]]; then
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        echo "installing nodejs npm (apt)"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    echo "installing azurite (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -12,11 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import ConfigError, RefusedError
 from shared.layout import StampLayout
+from shared.settings import Settings
 from shared.share.base import Share, join
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
 
 OPERATIONS = ("update", "fru")
 MAINTENANCE_FILE = "infrabackup-maintenance.json"
@@ -95,3 +99,86 @@ class ShareMaintenanceStore:
         window = self.current()
         self.share.remove(self.path)
         return window
+
+
+class TableMaintenanceStore:
+    """The window as the ``maintenance`` entity of the stamp's state partition in the
+    job-record table (see :mod:`shared.job_store`), so every function instance and the
+    command line (with ``AzureWebJobsStorage`` set) see one state, across restarts.
+
+    ``start`` may note the backup that was running when the window opened: opening a
+    window does not stop a running backup, and the record says so.
+    """
+
+    ROW = "maintenance"
+
+    def __init__(self, table: TableClient, stamp: str) -> None:
+        self.table = table
+        self.partition = f"state.{stamp}"
+
+    def read(self) -> dict[str, Any] | None:
+        """The stored window with what was noted at its start, or None when closed."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.storage import translate_storage_errors
+
+        try:
+            with translate_storage_errors("reading the maintenance window"):
+                entity = self.table.get_entity(self.partition, self.ROW)
+        except ResourceNotFoundError:
+            return None
+        return {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+
+    def current(self) -> MaintenanceWindow | None:
+        data = self.read()
+        if data is None:
+            return None
+        try:
+            return MaintenanceWindow.from_dict(data)
+        except (ValueError, KeyError, TypeError):
+            # As with the share file: a damaged row must not re-enable backups mid-update.
+            return MaintenanceWindow("unknown", dt.datetime.now(dt.UTC),
+                                     "unreadable maintenance record")
+
+    def start(self, window: MaintenanceWindow, running_backup: str | None = None) -> None:
+        from azure.data.tables import UpdateMode
+
+        from shared.storage import translate_storage_errors
+
+        entity: dict[str, Any] = {"PartitionKey": self.partition, "RowKey": self.ROW,
+                                  **window.to_dict()}
+        if running_backup:
+            entity["backupRunningAtStart"] = running_backup
+        with translate_storage_errors("opening the maintenance window"):
+            self.table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def end(self) -> MaintenanceWindow | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.storage import translate_storage_errors
+
+        window = self.current()
+        try:
+            with translate_storage_errors("closing the maintenance window"):
+                self.table.delete_entity(self.partition, self.ROW)
+        except ResourceNotFoundError:
+            pass
+        return window
+
+
+def open_maintenance_store(settings: Settings, share: Share) -> MaintenanceStore:
+    """The store the whole service agrees on: the job-record table when
+    ``AzureWebJobsStorage`` is set (the Functions app's state), else the share's file."""
+    from shared.storage import StorageAccount, stamp_key
+
+    layout = _layout(settings)
+    if StorageAccount.configured(settings.raw):
+        account = StorageAccount.from_environ(settings.raw)
+        return TableMaintenanceStore(account.table_client(), stamp_key(layout))
+    return ShareMaintenanceStore(share, layout)
+
+
+def _layout(settings: Settings) -> StampLayout:
+    from shared.backup import stamp_layout  # local: backup imports this module's users
+
+    return stamp_layout(settings)

@@ -1,0 +1,148 @@
+"""Backup jobs on the queue: the message format, and submitting a job.
+
+A message is one small JSON object (base64 on the wire, as the Functions queue trigger
+expects)::
+
+    {"version": 1, "backupId": "<guid>", "stamp": "<domain>_<region>",
+     "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>"}
+
+It names the job; everything else (settings, keys, the share) the worker reads itself,
+so no secret ever travels through the queue.
+
+:func:`submit_backup` is the one way a job is queued (the HTTP API and the timer): it
+refuses during a maintenance window and while another job of the stamp is queued or
+running (the :class:`~shared.job_store.StampClaim`), records the job as ``Queued`` and
+enqueues the message. If the message cannot be enqueued the record says Failed and the
+claim is released: a job is never left Queued without a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import GeneralFault, InfraBackupError
+from shared.job_store import JobStore, StampClaim
+from shared.layout import backup_id_or_none
+from shared.maintenance import MaintenanceStore, refuse_if_open
+from shared.storage import translate_storage_errors
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient
+
+log = logging.getLogger("infrabackup.queue")
+
+MESSAGE_VERSION = 1
+TRIGGERS = ("http", "schedule")
+#: Larger than any message we write; a bigger one is not ours.
+MAX_MESSAGE_BYTES = 4096
+
+
+class MalformedMessage(ValueError):
+    """A queue message that is not a backup job of this format."""
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    backup_id: str
+    stamp: str
+    trigger: str
+    requested: dt.datetime
+
+    def encode(self) -> str:
+        return json.dumps({
+            "version": MESSAGE_VERSION,
+            "backupId": self.backup_id,
+            "stamp": self.stamp,
+            "trigger": self.trigger,
+            "requestedUtc": self.requested.isoformat(),
+        })
+
+    @classmethod
+    def decode(cls, body: bytes) -> JobMessage:
+        """Parse a message body; MalformedMessage saying what is wrong."""
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise MalformedMessage(f"the message has {len(body)} bytes; a job has < "
+                                   f"{MAX_MESSAGE_BYTES}")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MalformedMessage(f"the message is not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise MalformedMessage("the message is not a JSON object")
+        if data.get("version") != MESSAGE_VERSION:
+            raise MalformedMessage(f"unknown message version {data.get('version')!r}")
+        backup_id = backup_id_or_none(str(data.get("backupId", "")))
+        if backup_id is None:
+            raise MalformedMessage("backupId is missing or not a GUID")
+        stamp = data.get("stamp")
+        if not isinstance(stamp, str) or not stamp:
+            raise MalformedMessage("stamp is missing")
+        trigger = data.get("trigger")
+        if trigger not in TRIGGERS:
+            raise MalformedMessage(f"trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
+        try:
+            requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
+        except ValueError:
+            raise MalformedMessage("requestedUtc is not an ISO 8601 time") from None
+        return cls(backup_id, stamp, trigger, requested)
+
+
+def salvage_backup_id(body: bytes) -> str | None:
+    """The backup id in a message that failed to decode, when one can be read."""
+    try:
+        data: Any = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return backup_id_or_none(str(data.get("backupId", ""))) if isinstance(data, dict) else None
+
+
+class JobQueue:
+    """The queue the worker's trigger reads (:data:`shared.storage.QUEUE_NAME`)."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self.client = client
+
+    def send(self, message: JobMessage) -> None:
+        with translate_storage_errors(f"queueing job {message.backup_id}"):
+            self.client.send_message(message.encode())
+
+
+def submit_backup(
+    *,
+    jobs: JobStore,
+    claim: StampClaim,
+    queue: JobQueue,
+    maintenance: MaintenanceStore,
+    trigger: str,
+    clock: Callable[[], dt.datetime],
+    fields: dict[str, Any] | None = None,
+) -> str:
+    """Queue one backup of the stamp; return its id.
+
+    Raises RefusedError (maintenance window, a job already queued or running) before
+    anything is written, and the storage error when the job cannot be queued.
+    """
+    refuse_if_open(maintenance)
+    backup_id = str(uuid.uuid4())
+    claim.acquire(backup_id)
+    try:
+        jobs.create(backup_id, status="Queued", trigger=trigger, stamp=jobs.stamp,
+                    **(fields or {}))
+        queue.send(JobMessage(backup_id, jobs.stamp, trigger, clock()))
+    except InfraBackupError as exc:
+        log.error("job %s could not be queued: %s", backup_id, exc.message)
+        failure = GeneralFault(f"The job could not be queued: {exc.message}")
+        try:
+            jobs.update(backup_id, status="Failed", completedUtc=clock().isoformat(),
+                        error=failure.to_dict(), alert=failure.alert.to_dict())
+        finally:
+            claim.release(backup_id)
+        raise
+    log.info("job %s queued (%s)", backup_id, trigger)
+    return backup_id

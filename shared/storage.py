@@ -1,0 +1,215 @@
+"""The app's own Azure Storage: the job queue and the job-record table in ``AzureWebJobsStorage``.
+
+Two forms of the setting, the same the Functions host accepts:
+
+* a connection string in ``AzureWebJobsStorage`` (``UseDevelopmentStorage=true`` for
+  Azurite, or an account key string);
+* identity-based, as ``infra/`` deploys it (shared keys are off on the account):
+  ``AzureWebJobsStorage__accountName`` (or ``__queueServiceUri`` and
+  ``__tableServiceUri``), ``__credential=managedidentity`` and ``__clientId`` for a
+  user-assigned identity.
+
+Storage exceptions are translated at this boundary (:func:`translate_storage_errors`):
+a storage account that cannot be reached or refuses the app is a
+:class:`~shared.errors.ConnectivityError` or :class:`~shared.errors.AuthenticationError`
+naming ``AzureWebJobsStorage``; nothing above this module sees an azure-core exception
+except the three its callers handle on purpose: an entity that exists, one that does
+not, and a conditional write that lost to another writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectivityError,
+    GeneralFault,
+    InfraBackupError,
+)
+from shared.layout import StampLayout
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.data.tables import TableClient
+    from azure.storage.queue import QueueClient
+
+SETTING = "AzureWebJobsStorage"
+#: The job-record table (letters and digits only: Azure table names allow no more).
+TABLE_NAME = "infrabackupjobs"
+#: The queue the HTTP API and the timer put backup jobs on; the worker's trigger reads it.
+QUEUE_NAME = "infrabackup-jobs"
+#: Where the Functions host moves a message that failed ``maxDequeueCount`` times.
+POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
+
+_created: set[tuple[str, str]] = set()
+_created_lock = threading.Lock()
+
+
+def stamp_key(layout: StampLayout) -> str:
+    """The table partition of a stamp: one stamp is one share lock (domain + region).
+
+    Domains and regions are DNS names and labels, so ``_`` cannot occur in either and
+    the key is unambiguous; it holds none of the characters a table key may not.
+    """
+    return f"{layout.domain}_{layout.region}"
+
+
+@contextlib.contextmanager
+def translate_storage_errors(what: str) -> Iterator[None]:
+    """Map azure-core errors of the app's storage to the service's error tree."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+        ResourceModifiedError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    try:
+        yield
+    except (InfraBackupError, ResourceExistsError, ResourceNotFoundError, ResourceModifiedError):
+        raise  # the service's own errors, and the outcomes callers handle on purpose
+    except ClientAuthenticationError as exc:
+        raise AuthenticationError(
+            f"{what}: the storage account in {SETTING} refused the app's credentials "
+            f"({_reason(exc)}). Check the connection string, or the identity's Storage "
+            "Queue/Table Data Contributor roles.", status=_status(exc)
+        ) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise ConnectivityError(
+            f"{what}: the storage account in {SETTING} cannot be reached ({_reason(exc)}).",
+        ) from exc
+    except HttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            raise AuthenticationError(
+                f"{what}: the storage account in {SETTING} denied access ({_reason(exc)}). "
+                "Check the identity's Storage Queue/Table Data Contributor roles.",
+                status=_status(exc),
+            ) from exc
+        if exc.status_code is not None and exc.status_code >= 500:
+            raise ConnectivityError(
+                f"{what}: the storage account in {SETTING} failed ({_reason(exc)}); it is "
+                "worth a retry.", status=_status(exc)
+            ) from exc
+        raise GeneralFault(f"{what}: {_reason(exc)}", status=_status(exc)) from exc
+
+
+def _status(exc: Any) -> str | None:
+    code = getattr(exc, "status_code", None)
+    return f"HTTP {code}" if code else None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason from an azure-core error; never a header or a key."""
+    code = getattr(exc, "error_code", None)
+    status = getattr(exc, "status_code", None)
+    first = (getattr(exc, "reason", None) or str(exc).split("\n", 1)[0])[:200]
+    return ", ".join(str(p) for p in (status, code, first) if p)
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """Where the app's queue and table live, from the ``AzureWebJobsStorage`` settings."""
+
+    connection_string: str | None = None
+    queue_url: str | None = None
+    table_url: str | None = None
+    credential_kind: str | None = None
+    client_id: str | None = None
+
+    def __repr__(self) -> str:  # the connection string may hold an account key
+        where = self.table_url or ("connection string" if self.connection_string else "?")
+        return f"StorageAccount({where})"
+
+    @staticmethod
+    def configured(environ: Mapping[str, str]) -> bool:
+        """Whether ``AzureWebJobsStorage`` is set, in either form."""
+        prefix = f"{SETTING}__"
+        return any(environ.get(name, "").strip() for name in (
+            SETTING, prefix + "accountName", prefix + "tableServiceUri"))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> StorageAccount:
+        """Read the settings; ConfigError naming ``AzureWebJobsStorage`` when absent."""
+        conn = environ.get(SETTING, "").strip()
+        if conn:
+            return cls(connection_string=conn)
+        prefix = f"{SETTING}__"
+        account = environ.get(prefix + "accountName", "").strip()
+        queue_url = environ.get(prefix + "queueServiceUri", "").strip()
+        table_url = environ.get(prefix + "tableServiceUri", "").strip()
+        if account:
+            queue_url = queue_url or f"https://{account}.queue.core.windows.net"
+            table_url = table_url or f"https://{account}.table.core.windows.net"
+        if queue_url and table_url:
+            return cls(
+                queue_url=queue_url,
+                table_url=table_url,
+                credential_kind=environ.get(prefix + "credential", "").strip().lower() or None,
+                client_id=environ.get(prefix + "clientId", "").strip() or None,
+            )
+        raise ConfigError(
+            f"{SETTING}: not set. The job queue and job records live in the app's storage "
+            f"account. Example: UseDevelopmentStorage=true (Azurite), or {prefix}accountName="
+            "stinfrabackup01 with a managed identity.",
+            setting=SETTING,
+        )
+
+    def _credential(self) -> TokenCredential:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        if self.credential_kind == "managedidentity":
+            return ManagedIdentityCredential(client_id=self.client_id)
+        return DefaultAzureCredential(managed_identity_client_id=self.client_id)
+
+    def table_client(self, name: str = TABLE_NAME) -> TableClient:
+        """A client of table ``name``, created on first use in this process."""
+        from azure.data.tables import TableServiceClient
+
+        if self.connection_string:
+            service = TableServiceClient.from_connection_string(self.connection_string)
+        else:
+            assert self.table_url
+            service = TableServiceClient(self.table_url, credential=self._credential())
+        key = (service.url, name)
+        if key not in _created:
+            with _created_lock, translate_storage_errors(f"creating table {name}"):
+                service.create_table_if_not_exists(name)
+                _created.add(key)
+        client: TableClient = service.get_table_client(name)
+        return client
+
+    def queue_client(self, name: str = QUEUE_NAME) -> QueueClient:
+        """A client of queue ``name`` (base64 messages, as the Functions trigger expects),
+        created on first use in this process."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.queue import (
+            QueueClient,
+            TextBase64DecodePolicy,
+            TextBase64EncodePolicy,
+        )
+
+        encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
+        if self.connection_string:
+            client = QueueClient.from_connection_string(
+                self.connection_string, name, message_encode_policy=encode,
+                message_decode_policy=decode)
+        else:
+            assert self.queue_url
+            client = QueueClient(self.queue_url, name, credential=self._credential(),
+                                 message_encode_policy=encode, message_decode_policy=decode)
+        key = (client.url, name)
+        if key not in _created:
+            with (_created_lock, translate_storage_errors(f"creating queue {name}"),
+                  contextlib.suppress(ResourceExistsError)):
+                client.create_queue()
+            _created.add(key)
+        return client
