@@ -247,7 +247,7 @@ def get_maintenance(req: func.HttpRequest, services: AppServices) -> func.HttpRe
     def work() -> func.HttpResponse:
         query(req, _NO_PARAMS)
         stored = services.maintenance.read()
-        window = services.maintenance.current() if stored is not None else None
+        window = services.maintenance.window_of(stored)
         return json_response(200, {**_window(window),
                                    **(_running_note(stored) if window else {})})
 

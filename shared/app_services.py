@@ -46,13 +46,7 @@ def configure_app_telemetry(environ: Mapping[str, str] | None = None) -> Telemet
         settings = Settings(share_path=None,
                             appinsights_connection_string=Secret(conn) if conn else None,
                             raw={"APPLICATIONINSIGHTS_CONNECTION_STRING": conn} if conn else {})
-    try:
-        return configure_telemetry(settings)
-    except Exception:  # telemetry must never stop the app from starting
-        import logging
-
-        logging.getLogger("infrabackup").exception("telemetry could not be configured")
-        return NullTelemetry()
+    return configure_telemetry(settings)  # never raises
 
 
 @dataclass
@@ -96,9 +90,9 @@ class AppServices:
         return JobStore(self.table, self.stamp, self.clock)
 
     def jobs_of(self, stamp: str) -> JobStore:
-        """The job records of ``stamp`` (a message's stamp, even when settings are bad)."""
-        return self.jobs if "stamp" in self.__dict__ and stamp == self.stamp else JobStore(
-            self.table, stamp, self.clock)
+        """The job records of ``stamp`` (a message's stamp: usable even when the backup
+        settings are bad, so the failure can still be recorded)."""
+        return JobStore(self.table, stamp, self.clock)
 
     @cached_property
     def claim(self) -> StampClaim:

@@ -130,7 +130,11 @@ class TableMaintenanceStore:
         return {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
 
     def current(self) -> MaintenanceWindow | None:
-        data = self.read()
+        return self.window_of(self.read())
+
+    @staticmethod
+    def window_of(data: dict[str, Any] | None) -> MaintenanceWindow | None:
+        """The window a :meth:`read` result describes."""
         if data is None:
             return None
         try:

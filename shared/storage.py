@@ -20,6 +20,7 @@ not, and a conditional write that lost to another writer.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -108,11 +109,15 @@ def _status(exc: Any) -> str | None:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short reason from an azure-core error; never a header or a key."""
+    """A short reason from an azure-core error; never a header, a key or a SAS signature
+    (urllib3's messages quote the request URL, whose query holds a SAS token's ``sig``)."""
     code = getattr(exc, "error_code", None)
     status = getattr(exc, "status_code", None)
     first = (getattr(exc, "reason", None) or str(exc).split("\n", 1)[0])[:200]
-    return ", ".join(str(p) for p in (status, code, first) if p)
+    return _SAS_SIGNATURE.sub(r"\1***", ", ".join(str(p) for p in (status, code, first) if p))
+
+
+_SAS_SIGNATURE = re.compile(r"(?i)(\bsig=)[^&\s'\"]+")
 
 
 @dataclass(frozen=True)

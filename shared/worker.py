@@ -123,7 +123,8 @@ def _run(services: AppServices, job: JobMessage, jobs: JobStore, claim: StampCla
                 return finished
         manifest = run_backup_job(JobDependencies(
             settings, share, telemetry=services.telemetry, record=jobs,
-            maintenance=services.maintenance, clock=services.clock), backup_id)
+            maintenance=services.maintenance, clock=services.clock,
+            extra_share=lambda: services.share_opener(settings)), backup_id)
     except RetryLater:
         raise
     except LockHeldError as exc:

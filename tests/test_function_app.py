@@ -768,3 +768,44 @@ def test_configuration_masks_every_secret(stamp: Stamp, monkeypatch: pytest.Monk
     for secret in (key, SHARE_PASSWORD, stamp.keys.password, ACCOUNT_KEY, "00000000abcd"):
         assert secret not in reply.text
     assert reply.json["settings"]["BACKUP_REGION"] == stamp.env["BACKUP_REGION"]
+
+
+def test_an_unreachable_job_store_answers_502_naming_the_setting(
+        stamp: Stamp, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.servers.samba import free_port
+
+    port = free_port()  # nothing listens there
+    closed = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+              f"AccountKey={ACCOUNT_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+              f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    monkeypatch.setenv("AzureWebJobsStorage", closed)
+    reply = call(function_app.list_backups, "GET", "backups")
+    message = reply.error(502, "ShareConnectivity")
+    assert "AzureWebJobsStorage" in message and ACCOUNT_KEY not in reply.text
+
+
+def test_a_claim_left_behind_by_a_crash_does_not_block_the_stamp(
+        stamp: Stamp, queue: QueueClient, azurite: str) -> None:  # noqa: F811
+    from shared.app_services import AppServices
+
+    services = AppServices()
+    table = services.table
+    partition = f"state.{services.stamp}"
+
+    def leave_claim(backup_id: str, age: dt.timedelta) -> None:
+        table.upsert_entity({"PartitionKey": partition, "RowKey": "claim", "backupId": backup_id,
+                             "claimedUtc": (dt.datetime.now(dt.UTC) - age).isoformat()})
+
+    # The job finished but its worker died before releasing the claim.
+    done = post_backup().json["backupId"]
+    deliver(take_messages(queue)[0])
+    leave_claim(done, dt.timedelta(0))
+    assert post_backup().status == 202
+    deliver(take_messages(queue)[0])
+
+    # A request died between claiming and recording: young, it holds; old, it is replaced.
+    ghost = str(uuid.uuid4())
+    leave_claim(ghost, dt.timedelta(seconds=5))
+    assert "being queued" in post_backup().error(409, "Refused")
+    leave_claim(ghost, dt.timedelta(hours=1))
+    assert post_backup().status == 202
