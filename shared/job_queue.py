@@ -93,13 +93,19 @@ class JobMessage:
         return cls(backup_id, stamp, trigger, requested)
 
 
-def salvage_backup_id(body: bytes) -> str | None:
-    """The backup id in a message that failed to decode, when one can be read."""
+def salvage(body: bytes) -> tuple[str | None, str | None]:
+    """The backup id and stamp of a message that failed to decode, where they can be read
+    (a stamp only when it can be a table key), to record the failure under."""
     try:
         data: Any = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return None
-    return backup_id_or_none(str(data.get("backupId", ""))) if isinstance(data, dict) else None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    stamp = data.get("stamp")
+    usable = (isinstance(stamp, str) and 0 < len(stamp) <= 200 and stamp.isprintable()
+              and not any(c in stamp for c in "/\\#?"))
+    return backup_id_or_none(str(data.get("backupId", ""))), stamp if usable else None
 
 
 class JobQueue:

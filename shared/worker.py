@@ -24,7 +24,6 @@ the record is completed from it) and the backup runs again under the same id.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -42,7 +41,7 @@ from shared.errors import (
     LockHeldError,
     RefusedError,
 )
-from shared.job_queue import JobMessage, MalformedMessage, salvage_backup_id
+from shared.job_queue import JobMessage, MalformedMessage, salvage
 from shared.job_store import FINISHED, JobStore, StampClaim
 from shared.maintenance import refuse_if_open
 from shared.manifest import Manifest
@@ -79,24 +78,36 @@ def process_message(
     lock_wait = LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
     poll = LOCK_POLL_SECONDS if poll is None else poll
     with services:
-        try:
-            job = JobMessage.decode(body)
-        except MalformedMessage as exc:
-            return _record_malformed(services, body, message_id, str(exc))
-        jobs, claim = services.jobs_of(job.stamp), services.claim_of(job.stamp)
-        record = jobs.get(job.backup_id)
-        if record is None:
-            log.warning("job %s has no record (queued by hand?); recording it", job.backup_id)
-            record = jobs.create(job.backup_id, status="Queued", trigger=job.trigger,
-                                 stamp=job.stamp)
-        if record["status"] in FINISHED:
-            log.info("job %s is already %s; message %s (delivery %d) is a duplicate",
-                     job.backup_id, record["status"], message_id, dequeue_count)
-            claim.release(job.backup_id)
-            return str(record["status"])
+        opened = _open_job(services, body, message_id, dequeue_count)
+        if isinstance(opened, str):
+            return opened
+        job, jobs, claim = opened
         jobs.update(job.backup_id, lastDeliveryUtc=services.clock().isoformat(),
                     deliveryCount=dequeue_count, messageId=message_id)
         return _run(services, job, jobs, claim, lock_wait, poll, sleep)
+
+
+def _open_job(services: AppServices, body: bytes, message_id: str, dequeue_count: int
+              ) -> tuple[JobMessage, JobStore, StampClaim] | str:
+    """The job a message names, with its records and claim (its row created if missing);
+    or the status to end with at once: Failed for a message that is not a job (recorded),
+    the status of a job that already finished (a duplicate delivery)."""
+    try:
+        job = JobMessage.decode(body)
+    except MalformedMessage as exc:
+        return _record_malformed(services, body, message_id, str(exc))
+    jobs, claim = services.jobs_of(job.stamp), services.claim_of(job.stamp)
+    record = jobs.get(job.backup_id)
+    if record is None:
+        log.warning("job %s has no record (queued by hand?); recording it", job.backup_id)
+        record = jobs.create(job.backup_id, status="Queued", trigger=job.trigger,
+                             stamp=job.stamp)
+    if record["status"] in FINISHED:
+        log.info("job %s is already %s; message %s (delivery %d) is a duplicate",
+                 job.backup_id, record["status"], message_id, dequeue_count)
+        claim.release(job.backup_id)
+        return str(record["status"])
+    return job, jobs, claim
 
 
 def _run(services: AppServices, job: JobMessage, jobs: JobStore, claim: StampClaim,
@@ -245,8 +256,8 @@ def _record_failure(services: AppServices, jobs: JobStore, backup_id: str,
 
 def _record_malformed(services: AppServices, body: bytes, message_id: str, why: str) -> str:
     """A message that is not a job: a Failed record (never a silent loss)."""
-    backup_id = salvage_backup_id(body) or str(uuid.uuid4())
-    stamp = _salvage_stamp(body)
+    salvaged_id, stamp = salvage(body)
+    backup_id = salvaged_id or str(uuid.uuid4())
     jobs = services.jobs_of(stamp) if stamp else services.jobs
     log.error("queue message %s is not a backup job (%s); recorded as failed job %s",
               message_id, why, backup_id)
@@ -260,34 +271,14 @@ def _record_malformed(services: AppServices, body: bytes, message_id: str, why: 
     return "Failed"
 
 
-def _salvage_stamp(body: bytes) -> str | None:
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    stamp = data.get("stamp") if isinstance(data, dict) else None
-    return stamp if isinstance(stamp, str) and stamp and _safe_key(stamp) else None
-
-
-def _safe_key(text: str) -> bool:
-    return len(text) <= 200 and not any(c in text for c in "/\\#?") and text.isprintable()
-
-
 def fail_poisoned(services: AppServices, body: bytes, *, message_id: str,
                   dequeue_count: int) -> str:
     """A message the host moved to the poison queue: its job ends Failed, with the alert."""
     with services:
-        try:
-            job = JobMessage.decode(body)
-        except MalformedMessage as exc:
-            return _record_malformed(services, body, message_id, str(exc))
-        jobs, claim = services.jobs_of(job.stamp), services.claim_of(job.stamp)
-        record = jobs.get(job.backup_id)
-        if record is not None and record["status"] in FINISHED:
-            claim.release(job.backup_id)
-            return str(record["status"])
-        if record is None:
-            jobs.create(job.backup_id, status="Queued", trigger=job.trigger, stamp=job.stamp)
+        opened = _open_job(services, body, message_id, dequeue_count)
+        if isinstance(opened, str):
+            return opened
+        job, jobs, claim = opened
         error = GeneralFault(
             f"The job's queue message was delivered {dequeue_count} time(s) without the job "
             "finishing and was moved to the poison queue. Every delivery is in the "

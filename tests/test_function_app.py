@@ -630,6 +630,16 @@ def test_a_message_that_is_not_a_job_ends_as_a_failed_record(stamp: Stamp) -> No
     assert "m-garbage" in record["error"]["message"]
     assert record["alert"]["name"]
 
+    # A message of another version that names its job: the failure goes to that job.
+    from shared.app_services import AppServices
+
+    backup_id = str(uuid.uuid4())
+    body = json.dumps({"version": 99, "backupId": backup_id, "stamp": AppServices().stamp})
+    function_app.run_backup_job(QueueMessage(id="m-v99", body=body.encode(), dequeue_count=1))
+    record = get_record(backup_id)
+    assert record["status"] == "Failed" and "unknown message version 99" in record["error"][
+        "message"]
+
 
 def test_a_poison_message_ends_as_a_failed_record_and_frees_the_stamp(
         stamp: Stamp, queue: QueueClient) -> None:
