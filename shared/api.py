@@ -15,7 +15,6 @@ POST    /api/prune?dryRun=true      what retention would delete (dryRun=false de
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import azure.functions as func
@@ -36,7 +35,7 @@ from shared.job_queue import submit_backup
 from shared.job_store import ACTIVE, decode_token, encode_token
 from shared.layout import parse_backup_id
 from shared.maintenance import MaintenanceWindow, check_operation
-from shared.retention import PrunePlan, apply_prune, plan_prune
+from shared.retention import prune as run_prune
 from shared.scheduler import next_run
 
 DEFAULT_PAGE = 20
@@ -267,27 +266,9 @@ def prune(req: func.HttpRequest, services: AppServices) -> func.HttpResponse:
         if dry_run is None:
             raise BadRequest("Query parameter 'dryRun' is required: true lists what retention "
                              "would delete, false deletes it.", target="dryRun")
-        settings, layout = services.settings, services.layout
-        regional = {s.name for s in settings.sources if s.scope == "region"}
         with services:
-            share = services.share
-            lock = contextlib.nullcontext() if dry_run else share.lock(layout.lock, "prune (api)")
-            with lock:
-                plan = plan_prune(share, layout, services.clock(), settings.retention_days,
-                                  regional)
-                if not dry_run:
-                    apply_prune(share, layout, plan)
-        return json_response(200, prune_report(plan, dry_run))
+            plan = run_prune(services.share, services.settings, services.layout,
+                             services.clock(), dry_run=dry_run, holder="prune (api)")
+        return json_response(200, plan.to_dict(dry_run))
 
     return handle(work)
-
-
-def prune_report(plan: PrunePlan, dry_run: bool) -> dict[str, Any]:
-    """A prune plan as JSON: the shape of ``infrabackup prune --json``."""
-    return {
-        "dryRun": dry_run,
-        "pathsToDelete": plan.paths,
-        "backups": [{"backupId": i.backup_id, "createdUtc": i.created.isoformat(),
-                     "reason": i.reason} for i in plan.delete],
-        "kept": plan.kept,
-    }

@@ -102,13 +102,22 @@ def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manif
     # The backup is done; a capacity reading is only informative.
     with contextlib.suppress(InfraBackupError):
         capacity = deps.share.capacity()
-    deps.record.update(
-        backup_id, status=manifest.status, completedUtc=manifest.completed.isoformat(),
-        sizeBytes=manifest.size_bytes, timeTakenSeconds=round(manifest.duration_seconds, 3),
-        stampVersion=manifest.stamp_version, thumbprint=manifest.thumbprint,
-        components=[{"name": c.name, "status": c.status, "message": c.message}
-                    for c in manifest.components],
-        warnings=manifest.warnings,
-    )
+    deps.record.update(backup_id, **job_fields(manifest))
     deps.telemetry.succeeded(manifest, settings, deps.share.description, capacity)
     return manifest
+
+
+def job_fields(manifest: Manifest) -> dict[str, Any]:
+    """A finished backup's job-record fields, taken from its manifest."""
+    return {
+        "status": manifest.status,
+        "startedUtc": manifest.created.isoformat(),
+        "completedUtc": manifest.completed.isoformat(),
+        "sizeBytes": manifest.size_bytes,
+        "timeTakenSeconds": round(manifest.duration_seconds, 3),
+        "stampVersion": manifest.stamp_version,
+        "thumbprint": manifest.thumbprint,
+        "components": [{"name": c.name, "status": c.status, "message": c.message}
+                       for c in manifest.components],
+        "warnings": manifest.warnings,
+    }

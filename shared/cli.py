@@ -21,7 +21,7 @@ import click
 from shared import __version__
 from shared.allocator import tune_allocator
 from shared.backup import stamp_layout, utcnow
-from shared.backup_job import JobDependencies, run_backup_job
+from shared.backup_job import JobDependencies, NullJobRecord, run_backup_job
 from shared.catalog import find_backup, list_backups
 from shared.errors import (
     EXIT_FAILED,
@@ -41,7 +41,7 @@ from shared.maintenance import (
 from shared.manifest import Manifest
 from shared.progress import progress_for
 from shared.restore import restore_backup, verify_backup
-from shared.retention import apply_prune, plan_prune
+from shared.retention import prune as run_prune
 from shared.settings import Settings, load_settings
 from shared.share import Share, open_share
 from shared.share_check import check_share
@@ -250,9 +250,12 @@ def backup(as_json: bool) -> int:
                      "BACKUP_SOURCES", "BACKUP_STAMP_VERSION")
     telemetry = configure_telemetry(settings)
     try:
+        # With AzureWebJobsStorage set, the CLI shares the Functions app's job records and
+        # maintenance window, so a window opened through the API stops it too.
         manifest = run_backup_job(JobDependencies(
-            settings, rt.share, telemetry=telemetry, progress=progress_for(as_json),
-            extra_share=lambda: open_share(settings)))
+            settings, rt.share, telemetry=telemetry, record=_job_store() or NullJobRecord(),
+            maintenance=open_maintenance_store(settings, rt.share),
+            progress=progress_for(as_json), extra_share=lambda: open_share(settings)))
     finally:
         telemetry.flush()
     for warning in manifest.warnings:
@@ -486,25 +489,9 @@ def prune(dry_run: bool, as_json: bool) -> int:
     """Apply retention (BACKUP_RETENTION_DAYS) and remove incomplete backups."""
     rt = runtime()
     settings = rt.settings
-    layout = stamp_layout(settings)
-    regional = {s.name for s in settings.sources if s.scope == "region"}
-
-    def plan() -> Any:
-        return plan_prune(rt.share, layout, utcnow(), settings.retention_days, regional)
-
-    if dry_run:
-        result = plan()
-    else:
-        with rt.share.lock(layout.lock, "prune"):
-            result = plan()
-            apply_prune(rt.share, layout, result)
-    data = {
-        "dryRun": dry_run,
-        "pathsToDelete": result.paths,
-        "backups": [{"backupId": i.backup_id, "createdUtc": i.created.isoformat(),
-                     "reason": i.reason} for i in result.delete],
-        "kept": result.kept,
-    }
+    result = run_prune(rt.share, settings, stamp_layout(settings), utcnow(),
+                       dry_run=dry_run, holder="prune")
+    data = result.to_dict(dry_run)
     verb = "Would delete" if dry_run else "Deleted"
     lines = [f"{verb} {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z, {i.reason})"
              for i in result.delete] or ["Nothing to delete."]

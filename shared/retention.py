@@ -14,12 +14,14 @@ Rules (docs/FORMAT.md, README):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 
 from shared.backup import remove_if_empty
 from shared.catalog import Listing, list_backups
 from shared.layout import StampLayout, backup_id_or_none, parse_timestamp
+from shared.settings import Settings
 from shared.share.base import Share, join
 
 INCOMPLETE_SAFE_AGE = dt.timedelta(hours=1)
@@ -41,6 +43,28 @@ class PrunePlan:
     @property
     def paths(self) -> list[str]:
         return [p for item in self.delete for p in item.paths]
+
+    def to_dict(self, dry_run: bool) -> dict[str, object]:
+        """The JSON of ``prune --json`` and ``POST /api/prune``."""
+        return {
+            "dryRun": dry_run,
+            "pathsToDelete": self.paths,
+            "backups": [{"backupId": i.backup_id, "createdUtc": i.created.isoformat(),
+                         "reason": i.reason} for i in self.delete],
+            "kept": self.kept,
+        }
+
+
+def prune(share: Share, settings: Settings, layout: StampLayout, now: dt.datetime, *,
+          dry_run: bool, holder: str) -> PrunePlan:
+    """Plan retention at ``now`` and, unless ``dry_run``, apply it holding the stamp lock
+    (LockHeldError while a backup runs). A dry run changes nothing and takes no lock."""
+    regional = {s.name for s in settings.sources if s.scope == "region"}
+    with contextlib.nullcontext() if dry_run else share.lock(layout.lock, holder):
+        plan = plan_prune(share, layout, now, settings.retention_days, regional)
+        if not dry_run:
+            apply_prune(share, layout, plan)
+    return plan
 
 
 def plan_prune(

@@ -32,7 +32,7 @@ from typing import Any
 
 from shared.app_services import AppServices
 from shared.backup import remove_if_empty
-from shared.backup_job import JobDependencies, run_backup_job
+from shared.backup_job import JobDependencies, job_fields, run_backup_job
 from shared.catalog import list_backups
 from shared.errors import (
     ConfigError,
@@ -44,8 +44,7 @@ from shared.errors import (
 from shared.job_queue import JobMessage, MalformedMessage, salvage
 from shared.job_store import FINISHED, JobStore, StampClaim
 from shared.maintenance import refuse_if_open
-from shared.manifest import Manifest
-from shared.retention import apply_prune, plan_prune
+from shared.retention import prune
 
 log = logging.getLogger("infrabackup.worker")
 
@@ -200,7 +199,7 @@ def _recover_interrupted(services: AppServices, jobs: JobStore, backup_id: str,
         if manifest.backup_id == backup_id:
             log.warning("job %s: the interrupted run had finished; completing its record",
                         backup_id)
-            jobs.update(backup_id, **_manifest_fields(manifest), recovery=note)
+            jobs.update(backup_id, **job_fields(manifest), recovery=note)
             return manifest.status
     for item in listing.incomplete:
         if item.backup_id == backup_id:
@@ -212,29 +211,11 @@ def _recover_interrupted(services: AppServices, jobs: JobStore, backup_id: str,
     return None
 
 
-def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
-    return {
-        "status": manifest.status,
-        "startedUtc": manifest.created.isoformat(),
-        "completedUtc": manifest.completed.isoformat(),
-        "sizeBytes": manifest.size_bytes,
-        "timeTakenSeconds": round(manifest.duration_seconds, 3),
-        "stampVersion": manifest.stamp_version,
-        "thumbprint": manifest.thumbprint,
-        "components": [{"name": c.name, "status": c.status, "message": c.message}
-                       for c in manifest.components],
-    }
-
-
 def _apply_retention(services: AppServices, jobs: JobStore, backup_id: str) -> None:
     """BACKUP_RETENTION_DAYS after a successful backup; a failure here is only noted."""
-    settings, layout, share = services.settings, services.layout, services.share
-    regional = {s.name for s in settings.sources if s.scope == "region"}
     try:
-        with share.lock(layout.lock, f"retention after {backup_id}"):
-            plan = plan_prune(share, layout, services.clock(), settings.retention_days,
-                              regional)
-            apply_prune(share, layout, plan)
+        plan = prune(services.share, services.settings, services.layout, services.clock(),
+                     dry_run=False, holder=f"retention after {backup_id}")
     except InfraBackupError as exc:
         log.warning("retention after %s did not run: %s", backup_id, exc.message)
         jobs.update(backup_id, retention={"error": exc.message})

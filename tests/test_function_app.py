@@ -462,22 +462,29 @@ def test_the_cli_sees_the_apps_job_records_and_maintenance_window(
     run_cli(["maintenance", "start", "--operation", "update"], stamp.env)
     state = call(function_app.get_maintenance, "GET", "maintenance").json
     assert state["open"] is True and state["startedBy"].startswith("cli:")
+    # The window in the table stops a backup started from the command line too.
+    refused = run_cli(["backup"], stamp.env, code=3)
+    assert "maintenance window (update)" in refused["error"]["message"]
     call(function_app.close_maintenance, "DELETE", "maintenance")
     assert run_cli(["maintenance", "status"], stamp.env)["open"] is False
+
+    # A CLI backup is recorded in the same job table the API lists.
+    cli_id = run_cli(["backup"], stamp.env)["backupId"]
+    assert get_record(cli_id)["status"] == "Succeeded"
 
     # Without AzureWebJobsStorage the CLI reads the share's manifests.
     env = {k: v for k, v in stamp.env.items() if k != "AzureWebJobsStorage"}
     share_listing = run_cli(["list"], env)
-    assert [b["backupId"] for b in share_listing["backups"]] == [backup_id]
+    assert [b["backupId"] for b in share_listing["backups"]] == [cli_id, backup_id]
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> Any:
+def run_cli(args: list[str], env: dict[str, str], code: int = 0) -> Any:
     base = {k: v for k, v in os.environ.items()
             if k not in ALL_SETTINGS and not k.startswith("BACKUP_")}
     proc = subprocess.run([sys.executable, "-m", "shared", *args, "--json"], cwd=REPO,
                           env={**base, **env}, capture_output=True, text=True, timeout=120,
                           check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == code, proc.stderr
     return json.loads(proc.stdout)
 
 
