@@ -7,9 +7,11 @@ worker, never in an HTTP request: the timer and ``POST /api/backups`` only queue
 import azure.functions as func
 
 from shared import api, scheduler, worker
+from shared.allocator import tune_allocator
 from shared.app_services import AppServices, configure_app_telemetry
 from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
 
+tune_allocator()  # once per worker process; why: shared/allocator.py
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 telemetry = configure_app_telemetry()
 FUNCTION = func.AuthLevel.FUNCTION
