@@ -115,12 +115,13 @@ def tar_stream(
         elif entry.kind == "special":
             stats.skipped.append(entry.path)
         else:
-            yield from _file(source, entry.path, entry, stats, progress)
+            yield from _file(source, entry, stats, progress)
     yield b"\0" * (2 * BLOCK)
 
 
-def _file(source: Source, path: str, entry: SourceEntry, stats: ArchiveStats,
+def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
           progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    path = entry.path
     try:
         handle = source.open(entry)
     except FileNotFoundError:

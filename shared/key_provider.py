@@ -15,7 +15,6 @@ Key Vault URLs are resolved through :mod:`shared.keyvault` with the given
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from shared.errors import ConfigError
 from shared.keys import (
@@ -27,6 +26,7 @@ from shared.keys import (
     decode_legacy_key,
     load_certificate_file,
     load_pfx,
+    read_key_file,
 )
 from shared.keyvault import (
     KeyVaultAccess,
@@ -115,14 +115,7 @@ def decryption_keyring(settings: Settings, *, vault: KeyVaultAccess | None = Non
             )
     elif settings.decryption_cert:
         path = settings.decryption_cert
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"BACKUP_DECRYPTION_CERT: cannot read {path} ({exc.strerror}). Example: "
-                "/secure/backup.pfx.",
-                setting="BACKUP_DECRYPTION_CERT",
-            ) from None
+        data = read_key_file("BACKUP_DECRYPTION_CERT", path, "/secure/backup.pfx")
         key, cert = load_pfx(
             data, password.reveal() if password else None, f"BACKUP_DECRYPTION_CERT: {path}"
         )

@@ -58,16 +58,20 @@ def parse_certificate(data: bytes, what: str) -> x509.Certificate:
         ) from None
 
 
-def load_certificate_file(path: str) -> x509.Certificate:
-    """Read a ``.cer`` (DER or PEM) named by ``BACKUP_ENCRYPTION_CERT``."""
+def read_key_file(setting: str, path: str, example: str) -> bytes:
+    """The bytes of a key file named by ``setting``; ConfigError naming both if unreadable."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"BACKUP_ENCRYPTION_CERT: cannot read {path} ({exc.strerror}). Example: "
-            "/etc/infrabackup/backup.cer.",
-            setting="BACKUP_ENCRYPTION_CERT",
+            f"{setting}: cannot read {path} ({exc.strerror}). Example: {example}.",
+            setting=setting,
         ) from None
+
+
+def load_certificate_file(path: str) -> x509.Certificate:
+    """Read a ``.cer`` (DER or PEM) named by ``BACKUP_ENCRYPTION_CERT``."""
+    data = read_key_file("BACKUP_ENCRYPTION_CERT", path, "/etc/infrabackup/backup.cer")
     return parse_certificate(data, f"BACKUP_ENCRYPTION_CERT: {path}")
 
 

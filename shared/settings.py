@@ -250,7 +250,7 @@ def load_settings(
             "most 63). Example: nyc."
         )
     scale_unit = get("BACKUP_SCALE_UNIT") or None
-    if scale_unit is not None and not _is_safe_name(scale_unit):
+    if scale_unit is not None and not is_safe_name(scale_unit):
         problems.append(
             f"BACKUP_SCALE_UNIT: '{scale_unit}' is not a safe folder name (letters, digits, "
             "'.', '_' and '-', at most 64). Example: s-cluster01."
@@ -333,16 +333,12 @@ def _is_dns_name(name: str) -> bool:
     return all(_DNS_LABEL_RE.match(label) for label in name.split("."))
 
 
-def _is_safe_name(name: str) -> bool:
-    """A single path component that is valid and harmless on Windows and POSIX."""
+def is_safe_name(name: str) -> bool:
+    """A single path component that is valid and harmless on Windows and POSIX (component,
+    OEM and file names; ids and names from requests)."""
     if not NAME_RE.match(name) or name.endswith("."):
         return False
     return name.split(".")[0].upper() not in _WINDOWS_RESERVED
-
-
-def is_safe_name(name: str) -> bool:
-    """Public form of the component-name rule (used for ids and names from requests)."""
-    return _is_safe_name(name)
 
 
 def _parse_host(host: str) -> str | None:
@@ -517,7 +513,7 @@ def _parse_source(
     if not src_name:
         problems.append(f"{where}.name: missing. {example}")
         return None
-    if not _is_safe_name(src_name):
+    if not is_safe_name(src_name):
         problems.append(
             f"{where}.name: '{src_name}' is not a safe component name (1-64 letters, digits, "
             "'.', '_' or '-', starting with a letter or digit, not a reserved device name). "
