@@ -30,5 +30,12 @@ pytest: $(STAMP) system-deps
 
 test: system-deps lint typecheck pytest
 
+infra-check:
+	bash scripts/check-infra.sh
+
+# The benchmark (not a test): infrabackup beside smbclient and restic, same data and share.
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .infrabackup-demo .pytest_cache .mypy_cache .ruff_cache
