@@ -41,7 +41,7 @@ from shared.encryption import (
     encrypt_stream,
     new_data_key,
 )
-from shared.errors import GeneralFault, InfraBackupError
+from shared.errors import ConnectivityError, GeneralFault, InfraBackupError
 from shared.keys import KeyWrapper
 from shared.layout import StampLayout, format_timestamp
 from shared.manifest import ComponentRecord, Manifest
@@ -194,7 +194,13 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
                 layout.manifest(timestamp, backup_id), [manifest.seal(data_key)]
             )
         except BaseException as exc:
-            _clean_up(ctx.share, layout, timestamp, backup_id, written)
+            if isinstance(exc, ConnectivityError) and exc.status == "ETIMEDOUT":
+                # The share hangs: waiting out a deadline per file to remove would only
+                # delay the alert. The next prune removes what is left.
+                log.warning("backup %s: leaving its partial files to the next prune",
+                            backup_id)
+            else:
+                _clean_up(ctx.share, layout, timestamp, backup_id, written)
             if isinstance(exc, InfraBackupError):
                 log.error("backup %s failed: %s [%s]", backup_id, exc.message, exc.alert.title)
             raise
