@@ -107,6 +107,15 @@ def make_stamp(tmp: Path, keys: Keys, sources: list[tuple[str, str]] | None = No
     return stamp
 
 
+def stamp_with_sources(tmp: Path, keys: Keys, specs: list[dict[str, Any]],
+                       env: dict[str, str] | None = None) -> Stamp:
+    """A stamp (as make_stamp) backing up exactly ``specs``, with extra ``env`` settings."""
+    stamp = make_stamp(tmp, keys)
+    stamp.set_sources(specs)
+    stamp.env.update(env or {})
+    return stamp
+
+
 def write_random(path: Path, size: int, seed: int = 0) -> Path:
     """A file of ``size`` pseudo-random bytes, written in pieces (never all in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ from shared.restore_sources import LocalTree, restore_to_sources, swap_blobs, sw
 from shared.settings import load_settings
 from shared.source_blob import BlobSource
 from shared.sources import SourceError
-from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
+from tests.helpers import Keys, Stamp, make_keys, write_random
+from tests.helpers import stamp_with_sources as _stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
 from tests.servers.samba import samba  # noqa: F401 - fixtures
 from tests.sources_helpers import (
@@ -40,14 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return make_keys(tmp_path_factory.mktemp("keys"), "to-sources")
-
-
-def _stamp(tmp_path: Path, keys: Keys, specs: list[dict[str, Any]],
-           env: dict[str, str] | None = None) -> Stamp:
-    stamp = make_stamp(tmp_path, keys)
-    stamp.set_sources(specs)
-    stamp.env.update(env or {})
-    return stamp
 
 
 def _to_sources(stamp: Stamp, backup_id: str, **kw: Any) -> Any:

@@ -24,7 +24,8 @@ from shared.settings import SourceSpec, load_settings
 from shared.source_blob import BlobSource
 from shared.source_smb import SmbSource
 from shared.sources import SourceEntry, open_source
-from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
+from tests.helpers import Keys, Stamp, make_keys, write_random
+from tests.helpers import stamp_with_sources as _stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
 from tests.servers.samba import PASSWORD, USERNAME, samba  # noqa: F401 - fixtures
 from tests.sources_helpers import (
@@ -46,14 +47,6 @@ from tests.sources_helpers import (
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return make_keys(tmp_path_factory.mktemp("keys"), "sources")
-
-
-def _stamp(tmp_path: Path, keys: Keys, specs: list[dict[str, Any]],
-           env: dict[str, str] | None = None) -> Stamp:
-    stamp = make_stamp(tmp_path, keys)
-    stamp.set_sources(specs)
-    stamp.env.update(env or {})
-    return stamp
 
 
 def _restore_to(stamp: Stamp, backup_id: str, dest: Path) -> None:
