@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,9 @@ def run_demo(
     say(f"Restored to {target}: "
         + ("identical to the sources, byte for byte." if identical else "DIFFERENT: "
            + "; ".join(diffs[:10])))
-    say(f"Try: infrabackup --settings {settings_file} list   (or show/verify/prune)")
+    # The command as this process was started, so the hint works without an activated venv.
+    command = sys.argv[0] if sys.argv[0].endswith("infrabackup") else "infrabackup"
+    say(f"Try: {command} --settings {settings_file} list   (or show/verify/prune)")
     return {
         "backupId": manifest.backup_id,
         "status": manifest.status,
