@@ -50,7 +50,7 @@ ALERT_PROPERTIES = (
 #: The customDimensions of :data:`SUCCESS_EVENT`.
 SUCCESS_PROPERTIES = (
     "backupId", "externalDomain", "region", "scaleUnit", "sharePath", "status", "sizeBytes",
-    "durationSeconds", "stampVersion",
+    "durationSeconds", "stampVersion", "warnings",
 )
 
 #: Azure Monitor severities by name (Sev0 ... Sev4), as alert rules number them.
@@ -167,6 +167,8 @@ def success_properties(manifest: Manifest, settings: Settings, share: str) -> di
         "sizeBytes": str(manifest.size_bytes),
         "durationSeconds": f"{manifest.duration_seconds:.3f}",
         "stampVersion": manifest.stamp_version,
+        # e.g. the certificate expires soon: a succeeded backup that still needs an operator.
+        "warnings": " | ".join(manifest.warnings),
     }
 
 

@@ -35,6 +35,7 @@ from shared.errors import (
     LockHeldError,
     PathError,
 )
+from shared.keys import generate_certificate
 from shared.manifest import Manifest
 from shared.settings import Settings, load_settings
 from shared.share import LocalShare
@@ -203,7 +204,7 @@ def test_a_successful_backup_sends_the_success_event_metrics_and_a_span_per_comp
     assert {k: event[k] for k in SUCCESS_PROPERTIES if k != "durationSeconds"} == {
         "backupId": result.backup_id, "externalDomain": "contoso.com", "region": "nyc",
         "scaleUnit": "s-cluster01", "sharePath": share_path, "status": "Succeeded",
-        "sizeBytes": str(manifest.size_bytes), "stampVersion": "1.2408.1.50",
+        "sizeBytes": str(manifest.size_bytes), "stampVersion": "1.2408.1.50", "warnings": "",
     }
     assert float(event["durationSeconds"]) == pytest.approx(manifest.duration_seconds, abs=1e-3)
     assert manifest.size_bytes > 16 * MiB
@@ -542,3 +543,27 @@ def test_no_secret_is_in_any_envelope(
             found = [i for i, body in enumerate(bodies) if form.encode() in body]
             assert not found, f"the {what} was sent in request(s) {found}"
 
+
+def test_a_soon_to_expire_certificate_is_reported_in_the_success_event(
+    tmp_path: Path, ingestion: IngestionServer,  # noqa: F811
+    azure_monitor: AzureMonitorTelemetry,  # noqa: F811
+) -> None:
+    password = "soon-expiring-pfx-pw"
+    cert = generate_certificate("soon", password, days=10, bits=2048)
+    (tmp_path / "soon.cer").write_bytes(cert.cer_der)
+    (tmp_path / "soon.pfx").write_bytes(cert.pfx)
+    keys = Keys(tmp_path / "soon.cer", tmp_path / "soon.pfx", password, cert)
+    local = tmp_path / "share"
+    local.mkdir()
+    settings = stamp_settings(tmp_path, keys, ingestion, {"BACKUP_SHARE_PATH": str(local)})
+    (tmp_path / "sources" / "ACS" / "a.json").write_text("{}")
+    mark = ingestion.mark()
+
+    result = run(settings, azure_monitor)
+
+    assert result.manifest is not None and result.manifest.status == "Succeeded"
+    wait_for_event(ingestion, SUCCESS_EVENT, result.backup_id)
+    event = one(ingestion.event_properties(SUCCESS_EVENT, mark, backupId=result.backup_id),
+                "success event")
+    assert f"certificate {cert.thumbprint} expires on" in event["warnings"]
+    assert event["warnings"] == " | ".join(result.manifest.warnings)
