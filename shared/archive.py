@@ -237,15 +237,25 @@ def _link_stays_inside(member: PurePosixPath, target: str) -> bool:
     return True
 
 
+def _inside(dest: Path, target: Path) -> bool:
+    """Whether ``target``'s folder is where its name says: no link on the way to it."""
+    lexical = os.path.join(os.path.realpath(dest), *target.relative_to(dest).parts[:-1])
+    return os.path.realpath(target.parent) == lexical
+
+
 def extract_stream(chunks: Iterable[bytes], dest: Path) -> ArchiveStats:
-    """Write the tar stream ``chunks`` into the folder ``dest`` (which must exist).
+    """Write the tar stream ``chunks`` into the folder ``dest`` (which must exist, empty).
 
     Raises IntegrityError for an unsafe or malformed archive; any error from the chunk
     iterator (failed authentication) propagates, leaving ``dest`` partly written: the
-    caller extracts into a staging folder and discards it on error.
+    caller extracts into a staging folder and discards it on error. Symbolic links are
+    made last, and only where neither the link's folder nor its target leaves ``dest``,
+    so no entry can be written through a link the archive itself planted. OSError (a full
+    disk) propagates for the caller to translate.
     """
     stats = ArchiveStats()
     folder_times: list[tuple[Path, float, int]] = []
+    links: list[tuple[Path, str, str]] = []
     try:
         # A large buffer: tarfile's default (10 KiB) would mean a Python call per 10 KiB.
         archive = tarfile.open(  # noqa: SIM115 - closed by the with below
@@ -266,7 +276,10 @@ def extract_stream(chunks: Iterable[bytes], dest: Path) -> ArchiveStats:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     reader = archive.extractfile(member)
                     assert reader is not None
-                    with open(target, "wb") as out:
+                    # O_NOFOLLOW: never write through a link, whatever put it there.
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                 0o600)
+                    with open(fd, "wb") as out:
                         while block := reader.read(READ_SIZE):
                             out.write(block)
                     os.chmod(target, member.mode & 0o777)
@@ -274,13 +287,18 @@ def extract_stream(chunks: Iterable[bytes], dest: Path) -> ArchiveStats:
                     stats.files += 1
                     stats.bytes += member.size
                 elif member.issym() and _link_stays_inside(rel, member.linkname):
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(member.linkname, target)
-                    stats.files += 1
+                    links.append((target, member.linkname, member.name))
                 else:
                     stats.skipped.append(member.name)
         except tarfile.TarError as exc:
             raise IntegrityError(f"the component's archive is malformed ({exc}).") from None
+    for target, link, name in links:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not _inside(dest, target) or os.path.lexists(target):
+            stats.skipped.append(name)  # through an earlier link, or a duplicate
+            continue
+        os.symlink(link, target)
+        stats.files += 1
     # Folder times last: writing files into a folder changes its mtime.
     for folder, mtime, mode in reversed(folder_times):
         os.chmod(folder, (mode & 0o777) | 0o700)

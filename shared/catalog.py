@@ -13,7 +13,7 @@ from shared.layout import (
     parse_backup_id,
     parse_timestamp,
 )
-from shared.manifest import Manifest
+from shared.manifest import ComponentRecord, Manifest
 from shared.share.base import Share, join
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -67,7 +67,9 @@ def list_backups(share: Share, layout: StampLayout) -> Listing:
                 )
                 continue
             try:
-                listing.backups.append(read_manifest(share, manifest_path))
+                manifest = read_manifest(share, manifest_path)
+                _check_place(manifest, layout, ts_entry.name, backup_id, manifest_path)
+                listing.backups.append(manifest)
             except IntegrityError as exc:
                 listing.incomplete.append(
                     Incomplete(backup_id, ts_entry.name, created, folder, exc.message)
@@ -75,6 +77,27 @@ def list_backups(share: Share, layout: StampLayout) -> Listing:
     listing.backups.sort(key=lambda m: (m.created, m.backup_id), reverse=True)
     listing.incomplete.sort(key=lambda i: i.created, reverse=True)
     return listing
+
+
+def _check_place(manifest: Manifest, layout: StampLayout, timestamp: str, backup_id: str,
+                 where: str) -> None:
+    """A manifest must describe the folder it was found in: everything else derives paths
+    from it (restore reads, prune deletes), so a copied or edited one is not trusted."""
+    stamp = manifest.stamp
+    if (manifest.backup_id, manifest.timestamp) != (backup_id, timestamp) or (
+        stamp.get("externalDomain"), stamp.get("region")) != (layout.domain, layout.region):
+        raise IntegrityError(
+            f"{where} does not match its folder (it names backup {manifest.backup_id} of "
+            f"{manifest.timestamp}); it was copied or modified."
+        )
+
+
+def component_path(manifest: Manifest, record: ComponentRecord) -> str:
+    """Where a component's stream is, derived from the manifest's stamp, name and scope."""
+    stamp = manifest.stamp
+    layout = StampLayout(stamp["externalDomain"], stamp["region"], stamp.get("scaleUnit"))
+    return layout.component_file(manifest.timestamp, manifest.backup_id, record.name,
+                                 record.scope)
 
 
 def find_backup(share: Share, layout: StampLayout, backup_id: str) -> Manifest:

@@ -27,7 +27,7 @@ import json
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import IO, Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -234,16 +234,35 @@ def _zstd_compress(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _zstd_decompress(chunks: Iterable[bytes], component: str) -> Iterator[bytes]:
+    """Decompress with bounded output: a small authenticated segment must not be able to
+    expand into gigabytes at once (read_to_iter yields at most ``write_size`` per item)."""
     import zstandard
 
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    # read_to_iter only calls read(); the stub asks for a full IO.
+    reader = cast("IO[bytes]", _ChunkFile(iter(chunks)))
     try:
-        for chunk in chunks:
-            out = decompressor.decompress(chunk)
-            if out:
-                yield out
+        yield from zstandard.ZstdDecompressor().read_to_iter(
+            reader, read_size=DEFAULT_SEGMENT_SIZE, write_size=DEFAULT_SEGMENT_SIZE
+        )
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{component}: compressed data is corrupt ({exc}).") from None
+
+
+class _ChunkFile:
+    """``read(n)`` over an iterator of byte chunks (what read_to_iter reads from)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer:
+            piece = next(self._chunks, None)
+            if piece is None:
+                return b""
+            self._buffer = bytes(piece)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
 
 
 # --- manifest authentication ------------------------------------------------------

@@ -221,7 +221,12 @@ class KeyRing:
     def unwrap(self, encryption: dict[str, Any], backup_id: str) -> bytes:
         """The data key of a backup; KeyMaterialError naming what it needs otherwise."""
         mode = encryption.get("mode")
-        wrapped = base64.b64decode(str(encryption.get("wrappedKey", "")))
+        try:
+            wrapped = base64.b64decode(str(encryption.get("wrappedKey", "")), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyMaterialError(
+                "The manifest's wrapped data key is not base64: the manifest was modified."
+            ) from None
         if mode == "certificate":
             return self._unwrap_rsa(str(encryption.get("thumbprint", "")).upper(), wrapped)
         if mode == "legacyKey":

@@ -14,6 +14,8 @@ from typing import Any
 
 from shared.encryption import manifest_mac
 from shared.errors import IntegrityError
+from shared.layout import backup_id_or_none, parse_timestamp
+from shared.settings import is_safe_name
 
 MANIFEST_FORMAT = 1
 STATUSES = ("Queued", "Running", "Succeeded", "PartialSucceeded", "Failed", "Skipped")
@@ -156,6 +158,7 @@ class Manifest:
                     f"{where}: manifest format {data.get('format')} is not supported by this "
                     f"build (it reads format {MANIFEST_FORMAT})."
                 )
+            _check_names(data, where)
             return cls(
                 backup_id=data["backupId"],
                 timestamp=data["timestamp"],
@@ -177,3 +180,27 @@ class Manifest:
                 f"{where} is not a valid manifest ({exc.__class__.__name__}: {exc}); the "
                 "backup cannot be used."
             ) from None
+
+
+def _check_names(data: dict[str, Any], where: str) -> None:
+    """Refuse a manifest whose ids or names could steer a path anywhere unexpected.
+
+    Paths on the share and on restore are derived from these names, so they must be what
+    the writer could have produced: a GUID, a timestamp, safe component and scale-unit
+    names, a known scope.
+    """
+    problems = []
+    if backup_id_or_none(str(data["backupId"])) != data["backupId"]:
+        problems.append(f"backupId {data['backupId']!r} is not a GUID")
+    if parse_timestamp(str(data["timestamp"])) is None:
+        problems.append(f"timestamp {data['timestamp']!r} is not yyyyMMddTHHmmssZ")
+    scale_unit = data["stamp"].get("scaleUnit")
+    if scale_unit is not None and not is_safe_name(str(scale_unit)):
+        problems.append(f"scale unit {scale_unit!r} is not a safe folder name")
+    for component in data["components"]:
+        if not is_safe_name(str(component["name"])):
+            problems.append(f"component name {component['name']!r} is not a safe name")
+        if component.get("scope", "backup") not in ("backup", "region"):
+            problems.append(f"component scope {component.get('scope')!r} is unknown")
+    if problems:
+        raise IntegrityError(f"{where} is not a valid manifest: {'; '.join(problems)}.")

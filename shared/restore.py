@@ -19,13 +19,14 @@ from pathlib import Path
 
 from shared.archive import extract_stream
 from shared.backup import NullProgress, Progress
-from shared.catalog import find_backup
+from shared.catalog import component_path, find_backup
 from shared.encryption import check_manifest_mac, decrypt_stream
 from shared.errors import ConfigError, IntegrityError, NotFoundError
 from shared.keys import KeyRing
 from shared.layout import StampLayout
 from shared.manifest import ComponentRecord, Manifest
 from shared.share.base import Share
+from shared.share.local import translate_os_errors
 from shared.versions import check_restore_allowed
 
 
@@ -49,11 +50,7 @@ class VerifyReport:
 
 def _component_path(manifest: Manifest, record: ComponentRecord) -> str:
     """Where the component must be, derived from the manifest's stamp, never trusted."""
-    stamp = manifest.stamp
-    layout = StampLayout(stamp["externalDomain"], stamp["region"], stamp.get("scaleUnit"))
-    expected = layout.component_file(
-        manifest.timestamp, manifest.backup_id, record.name, record.scope
-    )
+    expected = component_path(manifest, record)
     if record.file != expected:
         raise IntegrityError(
             f"{record.name}: the manifest names {record.file!r} where the component must be "
@@ -165,40 +162,64 @@ def restore_backup(
                 f"folder (or remove {name} there first)."
             )
     data_key = _unlock(manifest, keyring)
-    destination.mkdir(parents=True, exist_ok=True)
+    created = not destination.exists()
+    with translate_os_errors(f"creating {destination}"):
+        destination.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
+    moved: list[tuple[Path, Path]] = []
     result = RestoreResult(manifest.backup_id, destination)
     progress.start(sum(r.ciphertext_bytes for r in records))
     try:
-        for record in records:
-            progress.component(record.name)
-            staging = destination / f".{record.name}.restoring-{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
-            staged[record.name] = staging
-            stats = extract_stream(
-                decrypt_stream(
-                    _checked_stream(share, manifest, record, progress), data_key, record.name
-                ),
-                staging,
-            )
-            result.components.append(
-                {"name": record.name, "files": stats.files, "folders": stats.folders,
-                 "bytes": stats.bytes, "skipped": stats.skipped,
-                 "path": str(finals[record.name])}
-            )
-        # Everything authenticated: move into place.
-        for name, staging in staged.items():
-            final = finals[name]
-            if final.is_dir():
-                final.rmdir()  # checked empty above
-            os.rename(staging, final)
+        # A full or read-only restore disk is an OSError: say so with its alert.
+        with translate_os_errors(f"restoring into {destination}"):
+            _stage_and_move(share, manifest, records, data_key, destination, finals,
+                            staged, moved, result, progress)
     except BaseException:
+        # Put back what was already moved, then drop every staging folder: the target
+        # is left as it was.
+        for staging, final in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(final, staging)
         for staging in staged.values():
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
+        if created:
+            with contextlib.suppress(OSError):
+                destination.rmdir()
         raise
     progress.finish()
     return result
+
+
+def _stage_and_move(
+    share: Share, manifest: Manifest, records: list[ComponentRecord], data_key: bytes,
+    destination: Path, finals: dict[str, Path], staged: dict[str, Path],
+    moved: list[tuple[Path, Path]], result: RestoreResult, progress: Progress,
+) -> None:
+    """Decrypt every component into staging; only when all authenticated, move them in."""
+    for record in records:
+        progress.component(record.name)
+        staging = destination / f".{record.name}.restoring-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        staged[record.name] = staging
+        stats = extract_stream(
+            decrypt_stream(
+                _checked_stream(share, manifest, record, progress), data_key, record.name
+            ),
+            staging,
+        )
+        result.components.append(
+            {"name": record.name, "files": stats.files, "folders": stats.folders,
+             "bytes": stats.bytes, "skipped": stats.skipped,
+             "path": str(finals[record.name])}
+        )
+    # Everything authenticated: move into place.
+    for name, staging in staged.items():
+        final = finals[name]
+        if final.is_dir() and not final.is_symlink():
+            final.rmdir()  # checked empty above
+        os.rename(staging, final)
+        moved.append((staging, final))
 
 
 def _select(manifest: Manifest, component: str | None) -> list[ComponentRecord]:

@@ -19,10 +19,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from shared.backup import remove_if_empty
-from shared.catalog import Listing, list_backups
+from shared.catalog import Listing, component_path, list_backups
 from shared.layout import StampLayout, backup_id_or_none, parse_timestamp
 from shared.settings import Settings
-from shared.share.base import Share, join
+from shared.share.base import PARTIAL_MARKER, Share, join
 
 INCOMPLETE_SAFE_AGE = dt.timedelta(hours=1)
 
@@ -83,8 +83,11 @@ def plan_prune(
         if manifest is newest_ok or manifest.created >= cutoff:
             plan.kept += 1
             continue
+        # Derived, never taken from the manifest's own "file" fields (catalog checked that
+        # the manifest describes the folder it was found in).
         paths = [layout.backup_dir(manifest.timestamp, manifest.backup_id)]
-        paths += [c.file for c in manifest.components if c.file and c.scope == "region"]
+        paths += [component_path(manifest, c) for c in manifest.components
+                  if c.status == "Succeeded" and c.scope == "region"]
         plan.delete.append(
             PruneItem(manifest.backup_id, manifest.created,
                       f"older than {retention_days} days", tuple(paths))
@@ -107,7 +110,10 @@ def _orphan_region_files(
     share: Share, layout: StampLayout, listing: Listing, now: dt.datetime, names: set[str]
 ) -> list[PruneItem]:
     """Region-scoped files whose backup has no manifest (a failed run's leftovers)."""
+    # Backups whose folder is kept: finished ones, and those with an unreadable manifest,
+    # which go by the retention period with their folder (an expert may still need them).
     finished = {m.backup_id for m in listing.backups}
+    finished |= {i.backup_id for i in listing.incomplete if i.reason != "no manifest"}
     names |= {c.name for m in listing.backups for c in m.components if c.scope == "region"}
     items = []
     for name in sorted(names):
@@ -119,7 +125,8 @@ def _orphan_region_files(
             if created is None or not ts_entry.is_dir or now - created <= INCOMPLETE_SAFE_AGE:
                 continue
             for entry in share.list_dir(join(folder, ts_entry.name)):
-                stem = entry.name.removesuffix(".bin").split(".partial-")[0].lstrip(".")
+                # "<id>.bin", or a write in progress ".<id>.bin.partial-xxxxxxxx"
+                stem = entry.name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin")
                 backup_id = backup_id_or_none(stem)
                 if backup_id is not None and backup_id not in finished:
                     items.append(PruneItem(backup_id, created, "incomplete (no manifest)",

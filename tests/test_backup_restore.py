@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import pytest
 
+from shared.archive import extract_stream
 from shared.catalog import list_backups
 from shared.errors import (
     ConfigError,
@@ -135,7 +136,7 @@ def test_a_flipped_byte_on_the_share_fails_verify_and_restore_writes_nothing(
     dest = tmp_path / "restored"
     with pytest.raises(IntegrityError, match="ACS"):
         _restore(stamp, manifest.backup_id, dest)
-    assert list(dest.iterdir()) == []  # not even the good Switches component
+    assert not dest.exists()  # not even the good Switches component, nor the folder
 
 
 def test_a_modified_manifest_fails_authentication(stamp: Stamp, tmp_path: Path) -> None:
@@ -372,3 +373,47 @@ def test_zstd_compression_round_trips_and_is_recorded(stamp: Stamp, tmp_path: Pa
     assert acs is not None and acs.ciphertext_bytes < len(config) / 5
     _restore(stamp, manifest.backup_id, tmp_path / "r")
     assert (tmp_path / "r/ACS/running-config.txt").read_text() == config
+
+
+def _tar(entries: list[tuple[str, str, bytes | str]]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for kind, name, extra in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            elif kind == "link":
+                info.type = tarfile.SYMTYPE
+                info.linkname = str(extra)
+                archive.addfile(info)
+            else:
+                data = bytes(extra, "utf-8") if isinstance(extra, str) else extra
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_extraction_never_writes_through_links_the_archive_planted(tmp_path: Path) -> None:
+    # Each link alone stays inside; chained, d/l/m would point two levels up.
+    archive = _tar([("dir", "d/", ""), ("link", "d/l", ".."), ("link", "d/l/m", ".."),
+                    ("file", "d/l/m/pwned.txt", "x"), ("link", "d/dup", "l"),
+                    ("link", "d/dup", "l"), ("file", "d/ok.txt", "fine")])
+    dest = tmp_path / "out" / "dest"
+    dest.mkdir(parents=True)
+    stats = extract_stream([archive], dest)
+    outside = [p for p in tmp_path.rglob("*") if dest not in (p, *p.parents)]
+    assert outside == [tmp_path / "out"]
+    assert (dest / "d/ok.txt").read_text() == "fine"
+    assert "d/l" in stats.skipped  # a folder of that name was needed first
+    assert stats.skipped.count("d/dup") == 1 and (dest / "d/dup").is_symlink()
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "a/../../b.txt", "C:x.txt"])
+def test_extraction_refuses_names_that_leave_the_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(IntegrityError, match="unsafe path"):
+        extract_stream([_tar([("file", name, "x")])], tmp_path)
+    assert list(tmp_path.iterdir()) == []

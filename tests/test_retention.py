@@ -117,3 +117,42 @@ def test_folders_that_are_not_backups_are_left_alone(stamp: Stamp) -> None:
     (stranger / "readme.txt").write_text("operator's")
     _prune(stamp)
     assert (stranger / "readme.txt").read_text() == "operator's"
+
+
+def test_a_forged_manifest_cannot_make_prune_delete_other_backups(stamp: Stamp) -> None:
+    newest = _backup_at(stamp, NOW - dt.timedelta(days=1))
+    share = Path(stamp.env["BACKUP_SHARE_PATH"])
+    # An old folder whose manifest names empty ids and another folder as a region file.
+    forged_id = "0b6f4c5e-1f7a-4a38-9d8e-2b1c3d4e5f61"
+    ts = (NOW - dt.timedelta(days=30)).strftime("%Y%m%dT%H%M%SZ")
+    folder = share / "contoso.com/nyc/MASBackup" / ts / forged_id
+    folder.mkdir(parents=True)
+    real = json.loads((share / stamp.layout.manifest(newest.timestamp, newest.backup_id)
+                       ).read_text())
+    forged = {**real, "backupId": "", "timestamp": "",
+              "components": [{**real["components"][1], "file": "contoso.com/nyc/HLH"}]}
+    (folder / "manifest.json").write_text(json.dumps(forged))
+    # A copied manifest of another backup in an old folder is not trusted either.
+    copy_id = "0b6f4c5e-1f7a-4a38-9d8e-2b1c3d4e5f62"
+    copy = share / "contoso.com/nyc/MASBackup" / ts / copy_id
+    copy.mkdir()
+    (copy / "manifest.json").write_text(json.dumps(real))
+
+    deleted = _prune(stamp)
+
+    assert sorted(deleted) == sorted([forged_id, copy_id])
+    assert _ids(stamp) == [newest.backup_id]
+    assert (share / "contoso.com/nyc/HLH").is_dir()
+    assert not folder.exists() and not copy.exists()
+
+
+def test_leftover_region_partials_are_pruned(stamp: Stamp) -> None:
+    _backup_at(stamp, NOW - dt.timedelta(hours=5))
+    share = Path(stamp.env["BACKUP_SHARE_PATH"])
+    crashed = "0b6f4c5e-1f7a-4a38-9d8e-2b1c3d4e5f63"
+    ts = (NOW - dt.timedelta(hours=3)).strftime("%Y%m%dT%H%M%SZ")
+    region = share / "contoso.com/nyc/HLH" / ts
+    region.mkdir(parents=True)
+    (region / f".{crashed}.bin.partial-1a2b3c4d").write_bytes(b"partial")
+    assert _prune(stamp) == [crashed]
+    assert not region.exists()

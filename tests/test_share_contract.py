@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import LockHeldError, PathError
+from shared.share import open_share
 from shared.share.base import PARTIAL_MARKER, Share
 from shared.share.local import LocalShare
 from shared.share.smb import SmbShare
@@ -367,3 +368,20 @@ def _acquire_within(share: Share, path: str, seconds: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
+
+
+def test_smb_requests_stay_within_what_the_server_negotiated(samba: SambaSet) -> None:  # noqa: F811
+    """A server that allows smaller requests than ours (SMB 2.0.2: 64 KiB) still works."""
+    share = open_share(samba.settings("plain"))
+    assert isinstance(share, SmbShare)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    try:
+        share.write_stream("tiny.bin", [b"warm-up"])  # connects
+        connection = next(iter(share._cache.values()))
+        connection.max_write_size = connection.max_read_size = 64 * 1024
+        assert share.write_stream("limited.bin", [data]) == len(data)
+        assert b"".join(share.read_stream("limited.bin")) == data
+    finally:
+        share.remove("tiny.bin")
+        share.remove("limited.bin")
+        share.close()

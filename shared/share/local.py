@@ -147,8 +147,9 @@ class LocalShare:
             except BlockingIOError:
                 raise LockHeldError(held_message(os.pread(fd, 4096, 0))) from None
             info = lock_info(holder)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info, 0)
+            with translate_os_errors(f"locking {path}"):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info, 0)
             yield
         finally:
             os.close(fd)  # closing releases the flock

@@ -877,14 +877,22 @@ class SmbShare:
                 )
             written += count
 
-        for piece in _pieces(chunks, WRITE_SIZE):
-            message, receive = raw.write(piece, offset, send=False)
-            while pipe.busy(len(piece)):
+        # Within what the server negotiated: SMB 2.0.2 allows 64 KiB, many filers 1 MiB.
+        size = min(WRITE_SIZE, int(raw.connection.max_write_size or WRITE_SIZE))
+        try:
+            for piece in _pieces(chunks, size):
+                message, receive = raw.write(piece, offset, send=False)
+                while pipe.busy(len(piece)):
+                    settle()
+                pipe.send(message, receive, len(piece))
+                offset += len(piece)
+            while pipe.inflight:
                 settle()
-            pipe.send(message, receive, len(piece))
-            offset += len(piece)
-        while pipe.inflight:
-            settle()
+        except BaseException:
+            # Let the server finish what was sent before the caller closes and removes the
+            # temporary file: a delete racing in-flight writes could leave it behind.
+            pipe.drain()
+            raise
         return written
 
     def _read_pipelined(
@@ -897,6 +905,7 @@ class SmbShare:
         """
         raw = handle.fd
         size = int(raw.end_of_file or 0)
+        chunk_size = min(chunk_size, int(raw.connection.max_read_size or chunk_size))
         pipe = _Pipe(self, raw.connection, raw.tree_connect, f"reading {path}")
         offset = start
         while True:
@@ -1077,6 +1086,15 @@ class _Pipe:
         )
         request = self.share._call(self.what, send, connect=False)
         self.inflight.append((request, receive, size))
+
+    def drain(self) -> None:
+        """Wait for every answer still due, ignoring their outcome (clean-up after an
+        error); stops at the first that fails, since the connection is then gone or hung."""
+        while self.inflight:
+            try:
+                self.settle()
+            except InfraBackupError:
+                self.inflight.clear()
 
     def settle(self) -> tuple[int, Any]:
         """Wait (under the deadline) for the oldest answer: (its size, what it returned)."""
