@@ -5,9 +5,9 @@ Usage: ``python -m bench.bench [--gib 1] [--files 20000] [--repeat 3] [--encrypt
 SMB 3 encryption). It starts its own Samba on 127.0.0.1 with signing on, as in production,
 and no SMB encryption offered, so that both clients sign and neither encrypts (infrabackup
 encrypts whenever the server offers it); it makes the data (one file of incompressible
-bytes, and a tree of small files), and runs each tool ``--repeat`` times, printing the median throughput
-(MiB/s of source bytes), the median peak RSS, and the ratios to the peers as a Markdown
-table. Not a test: it asserts nothing, it measures.
+bytes, and a tree of small files), and runs each tool ``--repeat`` times, printing the
+median throughput (MiB/s of source bytes), the median peak RSS, and the ratios to the peers
+as a Markdown table. Not a test: it asserts nothing, it measures.
 """
 
 from __future__ import annotations
