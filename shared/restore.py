@@ -80,7 +80,8 @@ def _checked_stream(
         )
 
 
-def _unlock(manifest: Manifest, keyring: KeyRing) -> bytes:
+def unlock(manifest: Manifest, keyring: KeyRing) -> bytes:
+    """The backup's data key, after checking the manifest's MAC with it."""
     data_key = keyring.unwrap(manifest.encryption, manifest.backup_id)
     check_manifest_mac(data_key, manifest.raw)
     return data_key
@@ -101,7 +102,7 @@ def verify_backup(
     """
     progress = progress or NullProgress()
     manifest = find_backup(share, layout, backup_id)
-    data_key = _unlock(manifest, keyring) if keyring else None
+    data_key = unlock(manifest, keyring) if keyring else None
     report = VerifyReport(manifest.backup_id, contents_checked=data_key is not None)
     progress.start(manifest.size_bytes)
     for record in manifest.components:
@@ -161,7 +162,21 @@ def restore_backup(
                 f"--to: {final} already exists and is not empty; restore into an empty "
                 f"folder (or remove {name} there first)."
             )
-    data_key = _unlock(manifest, keyring)
+    return restore_components(share, manifest, records, unlock(manifest, keyring),
+                              destination, progress)
+
+
+def restore_components(
+    share: Share, manifest: Manifest, records: list[ComponentRecord], data_key: bytes,
+    destination: Path, progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore ``records`` of an unlocked ``manifest`` into ``destination/<name>/``.
+
+    Every component is staged and authenticated before any is moved into place; on any
+    failure the destination is left as it was. The caller has checked the targets.
+    """
+    progress = progress or NullProgress()
+    finals = {r.name: destination / r.name for r in records}
     created = not destination.exists()
     with translate_os_errors(f"creating {destination}"):
         destination.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,8 @@ from shared.catalog import find_backup
 from shared.errors import ConfigError, InfraBackupError, NotFoundError
 from shared.keys import KeyRing
 from shared.layout import StampLayout
-from shared.manifest import ComponentRecord
-from shared.restore import _select, restore_backup
+from shared.manifest import ComponentRecord, Manifest
+from shared.restore import _select, restore_components, unlock
 from shared.settings import Settings, SourceSpec
 from shared.share.base import Share
 from shared.source_blob import BlobSource
@@ -392,11 +392,13 @@ def restore_to_sources(
     token = uuid.uuid4().hex[:8]
     staged: list[_Staged] = []
     result = ToSourcesResult(manifest.backup_id)
+    # One unwrap and one manifest check for every component, not one each.
+    data_key = unlock(manifest, keyring)
     local = Path(tempfile.mkdtemp(prefix="infrabackup-restore-"))
     try:
         for record, spec in zip(records, specs, strict=True):
-            staged.append(_stage(share, layout, manifest.backup_id, keyring, settings, record,
-                                 spec, token, local, progress))
+            staged.append(_stage(share, manifest, data_key, settings, record, spec, token,
+                                 local, progress))
         shutil.rmtree(local, ignore_errors=True)
         done: list[str] = []
         for item in list(staged):
@@ -435,7 +437,7 @@ def _quietly(fn: Callable[[], None]) -> list[str]:
 
 
 def _stage(
-    share: Share, layout: StampLayout, backup_id: str, keyring: KeyRing, settings: Settings,
+    share: Share, manifest: Manifest, data_key: bytes, settings: Settings,
     record: ComponentRecord, spec: SourceSpec, token: str, local: Path, progress: Progress,
 ) -> _Staged:
     """Authenticate and stage one component (module docstring, step 2)."""
@@ -448,8 +450,8 @@ def _stage(
         created = not root.exists()
         tree._guard("creating the folder", lambda: root.mkdir(parents=True, exist_ok=True))
         try:
-            restored = restore_backup(share, layout, backup_id, keyring, root / staging,
-                                      component=name, progress=progress)
+            restored = restore_components(share, manifest, [record], data_key,
+                                          root / staging, progress)
         except BaseException:
             shutil.rmtree(root / staging, ignore_errors=True)
             if created:
@@ -464,8 +466,7 @@ def _stage(
             swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token),
             discard=lambda: _remove_both(tree, staging, token),
         )
-    restored = restore_backup(share, layout, backup_id, keyring, local, component=name,
-                              progress=progress)
+    restored = restore_components(share, manifest, [record], data_key, local, progress)
     info = restored.components[0]
     folder = local / name
     result = SourceRestore(name, spec.type, "", int(str(info["files"])), int(str(info["bytes"])))
