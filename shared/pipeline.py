@@ -41,17 +41,11 @@ def prefetch(items: Iterable[T], depth: int = 8, name: str = "prefetch") -> Iter
         iterator = iter(items)
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=_POLL_SECONDS)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not _put(buffer, stop, item):
                     return
-            _put_final(buffer, stop, _DONE)
+            _put(buffer, stop, _DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            _put_final(buffer, stop, _Failure(exc))
+            _put(buffer, stop, _Failure(exc))
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -72,10 +66,12 @@ def prefetch(items: Iterable[T], depth: int = 8, name: str = "prefetch") -> Iter
         worker.join()
 
 
-def _put_final(buffer: queue.Queue[object], stop: threading.Event, item: object) -> None:
+def _put(buffer: queue.Queue[object], stop: threading.Event, item: object) -> bool:
+    """Put ``item`` unless the consumer stopped first; whether it was put."""
     while not stop.is_set():
         try:
             buffer.put(item, timeout=_POLL_SECONDS)
-            return
+            return True
         except queue.Full:
             continue
+    return False
