@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import smbclient
@@ -148,6 +149,34 @@ def test_empty_components_of_every_type_succeed(
 # ---- live sources: change, vanish, unreadable ---------------------------------------------
 
 
+S = TypeVar("S", SmbSource, BlobSource)
+
+
+def _change_after_first_read(source: S, path: str, change: Callable[[], None]) -> S:
+    """``source``, whose reader of ``path`` runs ``change`` once, after its first read."""
+    real_open = source.open
+
+    def open_and_change(entry: SourceEntry) -> Any:
+        reader = real_open(entry)
+        if entry.path == path:
+            real_readinto = reader.readinto
+            changed = False
+
+            def readinto(buffer: Any) -> int:
+                nonlocal changed
+                count = real_readinto(buffer)
+                if not changed:
+                    changed = True
+                    change()
+                return count
+
+            reader.readinto = readinto  # type: ignore[method-assign]
+        return reader
+
+    source.open = open_and_change  # type: ignore[method-assign]
+    return source
+
+
 def test_smb_file_changing_while_read_is_recorded_as_changed(
     tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
 ) -> None:
@@ -155,35 +184,21 @@ def test_smb_file_changing_while_read_is_recorded_as_changed(
     (smb_folder.local / "calm.txt").write_text("unchanged")
     stamp = _stamp(tmp_path, keys, [smb_folder.spec()], SmbFolder.env())
 
+    def rewrite() -> None:
+        # Another program rewrites part of the file through the share mid-read.
+        cache: dict[str, Any] = {}
+        try:
+            with smbclient.open_file(
+                smb_folder.unc + "\\big.bin", "r+b", share_access="rwd",
+                username=USERNAME, password=PASSWORD, port=smb_folder.port,
+                connection_cache=cache,
+            ) as f:
+                f.write(b"X" * 4096)
+        finally:
+            smbclient.reset_connection_cache(connection_cache=cache)
+
     def opener(spec: SourceSpec) -> SmbSource:
-        source = SmbSource(spec, stamp.settings)
-        real_open = source.open
-
-        def open_and_change(entry: SourceEntry) -> Any:
-            reader = real_open(entry)
-            if entry.path == "big.bin":
-                real_readinto = reader.readinto
-
-                def readinto(buffer: Any) -> int:
-                    count = real_readinto(buffer)
-                    # Another program rewrites part of the file through the share mid-read.
-                    cache: dict[str, Any] = {}
-                    try:
-                        with smbclient.open_file(
-                            smb_folder.unc + "\\big.bin", "r+b", share_access="rwd",
-                            username=USERNAME, password=PASSWORD, port=smb_folder.port,
-                            connection_cache=cache,
-                        ) as f:
-                            f.write(b"X" * 4096)
-                    finally:
-                        smbclient.reset_connection_cache(connection_cache=cache)
-                    return count
-
-                reader.readinto = readinto  # type: ignore[method-assign]
-            return reader
-
-        source.open = open_and_change  # type: ignore[method-assign]
-        return source
+        return _change_after_first_read(SmbSource(spec, stamp.settings), "big.bin", rewrite)
 
     manifest = stamp.backup(open_source=opener)
     record = manifest.component("Switches")
@@ -227,27 +242,9 @@ def test_blob_changing_while_read_is_recorded_as_changed(
     stamp = _stamp(tmp_path, keys, [blob_folder.spec()], blob_folder.env())
 
     def opener(spec: SourceSpec) -> BlobSource:
-        source = BlobSource(spec, stamp.settings)
-        real_open = source.open
-
-        def open_and_change(entry: SourceEntry) -> Any:
-            reader = real_open(entry)
-            if entry.path == "big.bin":
-                real_readinto = reader.readinto
-                calls = []
-
-                def readinto(buffer: Any) -> int:
-                    count = real_readinto(buffer)
-                    if not calls:
-                        blob_folder.put("kv/big.bin", b"Y" * len(original))
-                    calls.append(count)
-                    return count
-
-                reader.readinto = readinto  # type: ignore[method-assign]
-            return reader
-
-        source.open = open_and_change  # type: ignore[method-assign]
-        return source
+        return _change_after_first_read(
+            BlobSource(spec, stamp.settings), "big.bin",
+            lambda: blob_folder.put("kv/big.bin", b"Y" * len(original)))
 
     manifest = stamp.backup(open_source=opener)
     record = manifest.component("KeyVault")
