@@ -1,0 +1,139 @@
+"""Crash injection: run the real ``infrabackup`` command (or any program) as its own process
+and SIGKILL it at a chosen moment, to prove that every change made in steps survives a kill.
+
+Two ways to choose the moment, both used by the crash tests:
+
+* **by what the process wrote** — :func:`run_and_kill` polls a predicate (a file appeared,
+  a folder holds N entries, a journal exists) every fraction of a millisecond and kills
+  the process the first time it holds: the kill lands inside a named phase;
+* **by time** — :func:`kill_delays` spreads ``n`` kill moments over a run whose length
+  :func:`timed_run` measured once, so a bounded loop covers every phase in between.
+
+The process runs in a session of its own and the whole group is killed, so helper threads
+and children die with it exactly as they would when a machine or a Functions instance dies.
+Nothing here reaches into the program under test: it sees a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: How the command is started: the installed package's ``python -m`` entry point.
+CLI = [sys.executable, "-m", "shared"]
+
+
+def cli(*args: str) -> list[str]:
+    """The argv of ``infrabackup ARGS`` run as its own process."""
+    return [*CLI, *args]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: ``killed`` by us, or finished by itself with ``returncode``."""
+
+    killed: bool
+    returncode: int
+    elapsed: float
+    stdout: str
+    stderr: str
+
+
+def _start(argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None
+           ) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        list(argv), cwd=cwd or REPO, env=dict(os.environ if env is None else env),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], killed: bool, started: float, timeout: float
+            ) -> Outcome:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args!r} did not end within {timeout} s:\n{err}") from None
+    return Outcome(killed, proc.returncode, time.monotonic() - started, out, err)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def timed_run(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+              cwd: Path | None = None, timeout: float = 300.0) -> Outcome:
+    """Run to the end (no kill); the outcome says how long it took."""
+    started = time.monotonic()
+    return _finish(_start(argv, env, cwd), False, started, timeout)
+
+
+def run_and_kill(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    when: Callable[[], bool] | None = None,
+    after: float | None = None,
+    cwd: Path | None = None,
+    poll: float = 0.0002,
+    timeout: float = 300.0,
+) -> Outcome:
+    """Start ``argv``; SIGKILL its process group the first time ``when()`` is true, or
+    ``after`` seconds after the start (whichever comes first; give at least one).
+
+    Returns the outcome; ``killed`` is False when the process ended before the moment
+    came (the caller decides whether that run still counts).
+    """
+    if when is None and after is None:
+        raise ValueError("give when=, after= or both")
+    started = time.monotonic()
+    proc = _start(argv, env, cwd)
+    deadline = started + after if after is not None else None
+    killed = False
+    while proc.poll() is None:
+        if (deadline is not None and time.monotonic() >= deadline) or (
+                when is not None and _holds(when)):
+            _kill(proc)
+            killed = True
+            break
+        time.sleep(poll)
+    return _finish(proc, killed, started, timeout)
+
+
+def _holds(predicate: Callable[[], bool]) -> bool:
+    """The predicate, with the races of reading a tree that is being changed absorbed."""
+    try:
+        return bool(predicate())
+    except OSError:
+        return False
+
+
+def kill_delays(total: float, n: int, *, start: float = 0.0) -> list[float]:
+    """``n`` kill moments spread evenly over ``(start, total)``, for a run that took
+    ``total`` seconds: every phase of it gets some."""
+    if n < 1:
+        return []
+    span = max(total - start, 0.001)
+    return [start + span * (i + 0.5) / n for i in range(n)]
+
+
+def count_entries(folder: Path, pattern: str = "*") -> int:
+    """How many entries match ``pattern`` anywhere below ``folder`` (0 if it is gone)."""
+    if not folder.exists():
+        return 0
+    return sum(1 for _ in folder.rglob(pattern))
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual aid: python -m tests.crash ARGS
+    print(run_and_kill(cli(*sys.argv[1:]), after=0.5))
