@@ -22,7 +22,7 @@ from shared import __version__
 from shared.allocator import tune_allocator
 from shared.backup import stamp_layout, utcnow
 from shared.backup_job import JobDependencies, NullJobRecord, run_backup_job
-from shared.catalog import find_backup, list_backups
+from shared.catalog import INCOMPLETE, find_backup, list_backups
 from shared.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -327,7 +327,8 @@ def list_command(as_json: bool) -> int:
     data = {
         "backups": [_summary(m) for m in listing.backups],
         "incomplete": [
-            {"backupId": i.backup_id, "createdUtc": i.created.isoformat(), "reason": i.reason}
+            {"backupId": i.backup_id, "status": i.status, "createdUtc": i.created.isoformat(),
+             "reason": i.reason}
             for i in listing.incomplete
         ],
     }
@@ -340,8 +341,10 @@ def list_command(as_json: bool) -> int:
             f"{m.thumbprint or m.encryption.get('keyId', '')}"
         )
     for i in listing.incomplete:
-        lines.append(f"{i.backup_id:36}  {'Incomplete':16}  {i.created:%Y-%m-%d %H:%M:%S}  "
-                     f"({i.reason}; 'prune' removes it)")
+        when = ("'prune' removes it" if i.status == INCOMPLETE else
+                f"'prune' removes it {rt.settings.retention_days} days after it was made")
+        lines.append(f"{i.backup_id:36}  {i.status:16}  {i.created:%Y-%m-%d %H:%M:%S}  "
+                     f"({i.reason}; {when})")
     if len(lines) == 1:
         lines = ["No backups yet."]
     emit(as_json, data, "\n".join(lines))
