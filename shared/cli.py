@@ -499,6 +499,8 @@ def prune(dry_run: bool, as_json: bool) -> int:
     lines = [f"{verb} {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z, {i.reason})"
              for i in result.delete] or ["Nothing to delete."]
     lines.append(f"Kept {result.kept} backup(s).")
+    lines += [f"Kept {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z) past the retention period: "
+              f"{i.reason}." for i in result.kept_past_retention]
     emit(as_json, data, "\n".join(lines))
     return EXIT_OK
 
