@@ -401,13 +401,17 @@ def show(backup_id: str, as_json: bool) -> int:
 @click.argument("backup_id")
 @json_option
 def verify(backup_id: str, as_json: bool) -> int:
-    """Check every component's digest; with BACKUP_DECRYPTION_CERT, decrypt and authenticate."""
+    """Check every component's digest; with BACKUP_DECRYPTION_CERT (or, for a legacy-key
+    backup, BACKUP_ENCRYPTION_KEY) also unlock the backup, authenticate its manifest and
+    decrypt every segment. Key material that cannot unlock the backup is an error."""
     rt = runtime()
     settings = rt.settings
     layout = stamp_layout(settings)
     manifest = find_backup(rt.share, layout, backup_id)
+    # Key material that must unlock the backup and cannot is a KeyMaterialError saying
+    # what the backup asks for and what is configured, never a quiet digests-only check.
     ring = decryption_keyring(settings)
-    keyring = ring if ring.can_unwrap(manifest.encryption) else None
+    keyring = ring if ring.must_unlock(manifest.encryption) else None
     report = verify_backup(rt.share, layout, manifest.backup_id, keyring,
                            progress_for(as_json, "verifying"))
     data = {
@@ -419,8 +423,9 @@ def verify(backup_id: str, as_json: bool) -> int:
     }
     lines = [f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.message}" for c in report.components]
     if not report.contents_checked:
-        lines.append("Digests only: set BACKUP_DECRYPTION_CERT (the PFX) to decrypt and "
-                     "authenticate every segment too.")
+        lines.append(f"Digests only (the manifest is not authenticated; this backup is in "
+                     f"{manifest.encryption.get('mode')} mode): set BACKUP_DECRYPTION_CERT "
+                     "(the PFX) to authenticate the manifest and decrypt every segment too.")
     emit(as_json, data, "\n".join(lines))
     if not report.ok:
         bad = ", ".join(c.name for c in report.components if not c.ok)
