@@ -55,6 +55,8 @@ class Incomplete:
 class Listing:
     backups: list[Manifest] = field(default_factory=list)  # newest first
     incomplete: list[Incomplete] = field(default_factory=list)
+    #: Timestamp folders holding nothing (left by a prune killed before it removed them).
+    empty: list[tuple[str, dt.datetime]] = field(default_factory=list)
 
 
 def read_manifest(share: Share, path: str) -> Manifest:
@@ -76,7 +78,10 @@ def list_backups(share: Share, layout: StampLayout) -> Listing:
         if not ts_entry.is_dir or created is None:
             continue
         ts_path = join(layout.masbackup, ts_entry.name)
-        for id_entry in share.list_dir(ts_path):
+        entries = share.list_dir(ts_path)
+        if not entries:
+            listing.empty.append((ts_path, created))
+        for id_entry in entries:
             backup_id = backup_id_or_none(id_entry.name)
             if backup_id is None or not id_entry.is_dir:
                 continue  # not a backup folder: not ours to judge

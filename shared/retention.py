@@ -28,8 +28,8 @@ Rules (README "Retention", docs/FORMAT.md):
 Order (what a SIGKILL at any point leaves): a finished backup's ``manifest.json`` is
 deleted first — from then on the backup is listed Incomplete, never as a backup with a
 file missing — then its region files, then its folder. The next prune finds whatever is
-left (the folder as Incomplete, region files as belonging to no finished backup) and
-finishes the job.
+left (the folder as Incomplete, region files as belonging to no finished backup, an
+empty timestamp folder) and finishes the job.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ class PrunePlan:
     kept: int = 0
     #: Backups older than the retention period that are kept, and why (no paths).
     kept_past_retention: list[PruneItem] = field(default_factory=list)
+    #: Empty timestamp folders (MASBackup's and region components'), removed after the
+    #: items: a prune killed between a folder and its parent leaves one. Not listed.
+    empty_folders: list[str] = field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -139,7 +142,9 @@ def plan_prune(
             )
     deleted = {i.backup_id for i in plan.delete}
     plan.delete += _orphan_region_files(share, layout, listing, deleted, now,
-                                        region_components or set())
+                                        region_components or set(), plan.empty_folders)
+    plan.empty_folders += [path for path, created in listing.empty
+                           if now - created > INCOMPLETE_SAFE_AGE]
     plan.delete.sort(key=lambda i: i.created)
     return plan
 
@@ -189,10 +194,11 @@ def _file_present(share: Share, manifest: Manifest, record: ComponentRecord) -> 
 
 def _orphan_region_files(
     share: Share, layout: StampLayout, listing: Listing, deleted: set[str], now: dt.datetime,
-    names: set[str],
+    names: set[str], empty: list[str],
 ) -> list[PruneItem]:
     """Region-scoped files of no finished backup (a failed run's or a killed prune's
-    leftovers), older than the safe age, under every folder of the region."""
+    leftovers), older than the safe age, under every folder of the region; empty
+    timestamp folders found on the way are added to ``empty``."""
     # Backups whose region files stay: finished ones, and those with an unreadable
     # manifest kept by the retention period (an expert may still need them).
     keep = {m.backup_id for m in listing.backups}
@@ -211,7 +217,10 @@ def _orphan_region_files(
             created = parse_timestamp(ts_entry.name)
             if created is None or not ts_entry.is_dir or now - created <= INCOMPLETE_SAFE_AGE:
                 continue
-            for entry in share.list_dir(join(folder, ts_entry.name)):
+            entries = share.list_dir(join(folder, ts_entry.name))
+            if not entries:
+                empty.append(join(folder, ts_entry.name))
+            for entry in entries:
                 # "<id>.bin", or a write in progress ".<id>.bin.partial-xxxxxxxx"
                 stem = entry.name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin")
                 backup_id = backup_id_or_none(stem)
@@ -247,6 +256,8 @@ def apply_prune(share: Share, layout: StampLayout, plan: PrunePlan) -> None:
             parent = path.rpartition("/")[0]
             if parent not in (layout.masbackup, layout.region_root):
                 remove_if_empty(share, parent)
+    for folder in plan.empty_folders:
+        remove_if_empty(share, folder)
 
 
 def _is_file(path: str) -> bool:

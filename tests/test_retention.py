@@ -359,3 +359,17 @@ def test_a_failed_backups_clean_up_interrupted_at_any_removal_leaves_no_backup_b
     share_dir = Path(stamp.env["BACKUP_SHARE_PATH"])
     assert sorted(p.name for p in share_dir.rglob("*.bin")) == sorted(
         ["ACS.bin", "ACS.bin", f"{good.backup_id}.bin", f"{listed[0]}.bin"])
+
+
+def test_empty_timestamp_folders_left_by_a_killed_prune_are_removed(stamp: Stamp) -> None:
+    newest = _backup_at(stamp, NOW - dt.timedelta(hours=5))
+    share = Path(stamp.env["BACKUP_SHARE_PATH"])
+    old_ts = (NOW - dt.timedelta(days=9)).strftime("%Y%m%dT%H%M%SZ")
+    young_ts = (NOW - dt.timedelta(minutes=10)).strftime("%Y%m%dT%H%M%SZ")
+    folders = [share / "contoso.com/nyc" / where / ts for where in ("MASBackup", "HLH")
+               for ts in (old_ts, young_ts)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    assert _prune(stamp) == []
+    assert [f.exists() for f in folders] == [False, True, False, True]
+    assert _ids(stamp) == [newest.backup_id]
