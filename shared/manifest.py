@@ -337,7 +337,8 @@ def _check_schema(data: dict[str, Any]) -> None:
     if not dt.timedelta(0) <= created - started < dt.timedelta(seconds=1):
         raise _Invalid(f"createdUtc {data['createdUtc']} is not the time of its folder "
                        f"{timestamp}")
-    _seconds(data, "durationSeconds", "")
+    # completed - created of the wall clock, which may step back: any finite number.
+    _get(data, "durationSeconds", "", (int, float), required=False)
     _count(data, "sizeBytes", "")
     layout = _check_stamp(_get(data, "stamp", "", (dict,)))
     _check_encryption(_get(data, "encryption", "", (dict,)))
