@@ -354,8 +354,14 @@ def _hashed(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
 def _clean_up(
     share: Share, layout: StampLayout, timestamp: str, backup_id: str, written: list[str]
 ) -> None:
-    """Best effort: remove a failed backup's files. What stays, the next prune removes."""
+    """Best effort: remove a failed backup's files. What stays, the next prune removes.
+
+    The manifest goes first (it may have been written when a later step failed, or its
+    rename may have reached the server unacknowledged): a kill part-way must leave a
+    folder listed Incomplete, never a backup listed finished with a file removed.
+    """
     try:
+        share.remove(layout.manifest(timestamp, backup_id))
         for path in written:
             if not path.startswith(layout.masbackup + "/"):
                 share.remove(path)

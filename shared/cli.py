@@ -22,7 +22,7 @@ from shared import __version__
 from shared.allocator import tune_allocator
 from shared.backup import stamp_layout, utcnow
 from shared.backup_job import JobDependencies, NullJobRecord, run_backup_job
-from shared.catalog import find_backup, list_backups
+from shared.catalog import INCOMPLETE, find_backup, list_backups
 from shared.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -327,7 +327,8 @@ def list_command(as_json: bool) -> int:
     data = {
         "backups": [_summary(m) for m in listing.backups],
         "incomplete": [
-            {"backupId": i.backup_id, "createdUtc": i.created.isoformat(), "reason": i.reason}
+            {"backupId": i.backup_id, "status": i.status, "createdUtc": i.created.isoformat(),
+             "reason": i.reason}
             for i in listing.incomplete
         ],
     }
@@ -340,8 +341,10 @@ def list_command(as_json: bool) -> int:
             f"{m.thumbprint or m.encryption.get('keyId', '')}"
         )
     for i in listing.incomplete:
-        lines.append(f"{i.backup_id:36}  {'Incomplete':16}  {i.created:%Y-%m-%d %H:%M:%S}  "
-                     f"({i.reason}; 'prune' removes it)")
+        when = ("'prune' removes it" if i.status == INCOMPLETE else
+                f"'prune' removes it {rt.settings.retention_days} days after it was made")
+        lines.append(f"{i.backup_id:36}  {i.status:16}  {i.created:%Y-%m-%d %H:%M:%S}  "
+                     f"({i.reason}; {when})")
     if len(lines) == 1:
         lines = ["No backups yet."]
     emit(as_json, data, "\n".join(lines))
@@ -398,13 +401,17 @@ def show(backup_id: str, as_json: bool) -> int:
 @click.argument("backup_id")
 @json_option
 def verify(backup_id: str, as_json: bool) -> int:
-    """Check every component's digest; with BACKUP_DECRYPTION_CERT, decrypt and authenticate."""
+    """Check every component's digest; with BACKUP_DECRYPTION_CERT (or, for a legacy-key
+    backup, BACKUP_ENCRYPTION_KEY) also unlock the backup, authenticate its manifest and
+    decrypt every segment. Key material that cannot unlock the backup is an error."""
     rt = runtime()
     settings = rt.settings
     layout = stamp_layout(settings)
     manifest = find_backup(rt.share, layout, backup_id)
+    # Key material that must unlock the backup and cannot is a KeyMaterialError saying
+    # what the backup asks for and what is configured, never a quiet digests-only check.
     ring = decryption_keyring(settings)
-    keyring = ring if ring.can_unwrap(manifest.encryption) else None
+    keyring = ring if ring.must_unlock(manifest.encryption) else None
     report = verify_backup(rt.share, layout, manifest.backup_id, keyring,
                            progress_for(as_json, "verifying"))
     data = {
@@ -416,8 +423,9 @@ def verify(backup_id: str, as_json: bool) -> int:
     }
     lines = [f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.message}" for c in report.components]
     if not report.contents_checked:
-        lines.append("Digests only: set BACKUP_DECRYPTION_CERT (the PFX) to decrypt and "
-                     "authenticate every segment too.")
+        lines.append(f"Digests only (the manifest is not authenticated; this backup is in "
+                     f"{manifest.encryption.get('mode')} mode): set BACKUP_DECRYPTION_CERT "
+                     "(the PFX) to authenticate the manifest and decrypt every segment too.")
     emit(as_json, data, "\n".join(lines))
     if not report.ok:
         bad = ", ".join(c.name for c in report.components if not c.ok)
@@ -496,6 +504,8 @@ def prune(dry_run: bool, as_json: bool) -> int:
     lines = [f"{verb} {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z, {i.reason})"
              for i in result.delete] or ["Nothing to delete."]
     lines.append(f"Kept {result.kept} backup(s).")
+    lines += [f"Kept {i.backup_id} ({i.created:%Y-%m-%d %H:%M}Z) past the retention period: "
+              f"{i.reason}." for i in result.kept_past_retention]
     emit(as_json, data, "\n".join(lines))
     return EXIT_OK
 

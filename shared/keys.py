@@ -212,11 +212,26 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self._identities or self._legacy or self.lookup)
 
-    def can_unwrap(self, encryption: dict[str, Any]) -> bool:
-        """Whether the ring holds key material of the backup's mode at all (not which)."""
-        if encryption.get("mode") == "legacyKey":
-            return bool(self._legacy)
-        return bool(self._identities or self.lookup)
+    def describe(self) -> str:
+        """What the ring holds, by public name only (for messages)."""
+        held = [f"the PFX {t} (BACKUP_DECRYPTION_CERT)" for t in self.offered]
+        if self.lookup is not None:
+            held.append("the other versions of BACKUP_DECRYPTION_CERT in Key Vault")
+        held += [f"the legacy key {k} (BACKUP_ENCRYPTION_KEY)" for k in self._legacy]
+        return ", ".join(held) or "no key material"
+
+    def must_unlock(self, encryption: dict[str, Any]) -> bool:
+        """Whether a check of the backup whose manifest has this ``encryption`` must unlock
+        it with the ring, and fail when the ring cannot (rather than check digests only).
+
+        Always when a PFX is held: authenticating is its only use, so a manifest edited to
+        name another mode must not escape it. With only a legacy key, for legacy-key
+        backups: that key is also the encryption setting of hosts that hold no PFX, whose
+        certificate-mode backups are checked by digest (and said so).
+        """
+        if self._identities or self.lookup is not None:
+            return True
+        return bool(self._legacy) and encryption.get("mode") == "legacyKey"
 
     def unwrap(self, encryption: dict[str, Any], backup_id: str) -> bytes:
         """The data key of a backup; KeyMaterialError naming what it needs otherwise."""
@@ -233,10 +248,11 @@ class KeyRing:
             key_id = str(encryption.get("keyId", ""))
             key = self._legacy.get(key_id)
             if key is None:
-                have = ", ".join(self._legacy) or "none"
                 raise KeyMaterialError(
-                    f"This backup was encrypted with the legacy key {key_id}; the key given "
-                    f"(BACKUP_ENCRYPTION_KEY) is {have}. Set the key used at backup time."
+                    f"This backup was encrypted with the legacy key {key_id} (encryption "
+                    f"mode legacyKey); configured is {self.describe()}. Set "
+                    "BACKUP_ENCRYPTION_KEY to the key used at backup time (if the backup "
+                    "was made with a certificate, its manifest was modified)."
                 )
             try:
                 return AESGCM(key).decrypt(
@@ -253,11 +269,11 @@ class KeyRing:
         if identity is None and self.lookup is not None:
             identity = self.lookup(thumbprint)
         if identity is None:
-            have = ", ".join(self.offered) or "none"
             raise KeyMaterialError(
                 f"Wrong certificate: this backup was encrypted with the certificate "
-                f"{thumbprint}, but the PFX given (BACKUP_DECRYPTION_CERT) is {have}. Use "
-                f"the PFX whose thumbprint is {thumbprint}."
+                f"{thumbprint} (encryption mode certificate); configured is "
+                f"{self.describe()}. Set BACKUP_DECRYPTION_CERT to the PFX whose thumbprint "
+                f"is {thumbprint}."
             )
         try:
             data_key: bytes = identity[0].decrypt(wrapped, _OAEP)

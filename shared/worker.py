@@ -220,6 +220,12 @@ def _apply_retention(services: AppServices, jobs: JobStore, backup_id: str) -> N
         log.warning("retention after %s did not run: %s", backup_id, exc.message)
         jobs.update(backup_id, retention={"error": exc.message})
         return
+    except Exception as exc:
+        # The backup itself succeeded: a fault in retention must not fail its message.
+        log.exception("retention after %s: unexpected error", backup_id)
+        jobs.update(backup_id, retention={"error": f"Unexpected error in retention "
+                                          f"({exc.__class__.__name__}); see the log."})
+        return
     jobs.update(backup_id, retention={"deleted": [i.backup_id for i in plan.delete],
                                       "kept": plan.kept})
 

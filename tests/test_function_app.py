@@ -693,6 +693,32 @@ def test_prune_dry_run_lists_what_retention_would_delete(stamp: Stamp) -> None:
     assert backup_folders(stamp, newest)
 
 
+def test_a_malformed_manifest_breaks_neither_retention_after_a_backup_nor_prune(
+    stamp: Stamp, queue: QueueClient
+) -> None:
+    # Given an old backup whose manifest holds a count no integer can be (1e999).
+    stamp.now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    bad = stamp.backup()
+    stamp.now = None
+    [folder] = backup_folders(stamp, bad.backup_id)
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text.replace('"files": 1', '"files": 1e999', 1))
+
+    # When a backup runs through the queue: it succeeds, and so does retention after it.
+    backup_id = post_backup().json["backupId"]
+    [message] = take_messages(queue)
+    deliver(message)
+    record = get_record(backup_id)
+    assert record["status"] == "Succeeded", record
+    assert record["retention"]["deleted"] == [] and "error" not in record["retention"]
+
+    # And POST /api/prune answers, listing nothing to delete within retention.
+    dry = call(function_app.prune, "POST", "prune", params={"dryRun": "true"})
+    assert dry.status == 200, dry.text
+    assert dry.json["backups"] == [] and dry.json["kept"] == 1
+    assert (folder / "manifest.json").is_file()
+
+
 # --- every 4xx ---------------------------------------------------------------------------
 
 GUID = "3f2b8c1e-4d5a-4b6c-9e7f-0a1b2c3d4e5f"
