@@ -45,8 +45,9 @@ find_python() {
     fi
     # pyenv's shims answer for versions that are not selected too, and then fail: ask
     # each candidate itself.
+    local pyenv_root="${PYENV_ROOT:-$(pyenv root 2>/dev/null || echo "${HOME:-/root}/.pyenv")}"
     for candidate in "$(command -v "python$WANT" || true)" \
-        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$WANT".*/bin/"python$WANT" \
+        "$pyenv_root"/versions/"$WANT".*/bin/"python$WANT" \
         /usr/bin/"python$WANT" /usr/local/bin/"python$WANT"; do
         if is_wanted "$candidate"; then
             echo "$candidate"

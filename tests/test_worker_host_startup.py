@@ -81,3 +81,4 @@ def test_a_message_delivered_max_dequeue_count_times_goes_to_poison_and_fails_it
     assert queue.peek_messages(5) == []
     assert QueueClient.from_connection_string(azurite, POISON_QUEUE_NAME).peek_messages(5) == []
     assert "infrabackup.backup" not in invoked  # no backup ran
+    assert host.failures == []  # moved before any invocation; the poison function succeeded

@@ -54,6 +54,8 @@ ensure_worker_venv()
 sys.path.insert(0, str(WORKER_VENV / "rpc"))  # the stubs scripts/worker-venv.sh generated
 from azfrpc import FunctionRpc_pb2 as rpc  # noqa: E402
 from azfrpc import FunctionRpc_pb2_grpc as rpc_grpc  # noqa: E402
+from azfrpc.identity import ClaimsIdentityRpc_pb2 as claims_rpc  # noqa: E402
+from azfrpc.shared import NullableTypes_pb2 as nullable  # noqa: E402
 
 SHELL = Path(__file__).with_name("shell.py")
 HOST_VERSION = "4.1040.0.0"
@@ -61,6 +63,8 @@ START_TIMEOUT = 60.0
 # Utility.cs: FunctionNameValidationRegex, BindingNameValidationRegex.
 FUNCTION_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,127}$", re.IGNORECASE)
 BINDING_NAME = re.compile(r"^([a-zA-Z][a-zA-Z0-9]{0,127}|\$return)$")
+# SecurityConstants.cs: the claims of a request authenticated with a key.
+CLAIMS = "http://schemas.microsoft.com/2017/07/functions/claims/"
 # QueueClientExtensions.IsValidQueueName (storage extension): 3-63, lower case, digits, '-'.
 QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$")
 
@@ -97,6 +101,10 @@ class FunctionsHost:
         self.functions: dict[str, Function] = {}
         self.errors: dict[str, str] = {}
         self.logs: list[rpc.RpcLog] = []
+        #: What the host would log as failed: invocations of non-HTTP functions (the
+        #: "Executed 'Functions.x' (Failed)" lines) and listener errors.
+        self.failures: list[str] = []
+        self.http_requests = 0  # answered by the front end, whatever the status
         self.worker_stderr = ""
         self.function_key = base64.urlsafe_b64encode(os.urandom(30)).decode()
         self.master_key = base64.urlsafe_b64encode(os.urandom(30)).decode()
@@ -469,6 +477,7 @@ class FunctionsHost:
                 for m in sorted(r.methods or [None])]  # type: ignore[type-var]
 
     def _http_request(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.http_requests += 1
         parts = urllib.parse.urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -480,27 +489,46 @@ class FunctionsHost:
         else:
             return _reply(handler, 404, {}, b"")  # no route: the host's 404, no body
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if not self._authorized(route.function, handler, dict(query)):
+        identity = self._authenticate(route.function, handler, dict(query))
+        if identity is None:
             return _reply(handler, 401, {}, b"")  # FunctionInvocationMiddleware: 401, no body
+        http_data = self._rpc_http(handler, parts, query, match.groupdict(), body)
+        if identity.claims:
+            http_data.identities.append(identity)
         response = self.invoke(route.function, {route.function.trigger["name"]: rpc.TypedData(
-            http=self._rpc_http(handler, parts, query, match.groupdict(), body))})
+            http=http_data)})
         if response.result.status != rpc.StatusResult.Success:
             return _reply(handler, 500, {}, b"")  # a failed invocation: 500, no body
         returned = response.return_value.http
         headers = dict(returned.headers)
         _reply(handler, int(returned.status_code or 200), headers, _body(returned.body))
 
-    def _authorized(self, function: Function, handler: Any, query: dict[str, str]) -> bool:
-        """AuthenticationLevelHandler.cs GetAuthorizationKeyInfoAsync: the key in the
-        x-functions-key header, else ?code=; a function-level route takes a function or host
-        key (or the master key), admin only the master key."""
-        level = str(function.trigger.get("authLevel", "function")).lower()
-        if level == "anonymous":
-            return True
+    def _authenticate(self, function: Function, handler: Any, query: dict[str, str]
+                      ) -> Any | None:
+        """The caller's identity, or None for a 401. AuthenticationLevelHandler.cs: the key
+        in the x-functions-key header, else ?code=; the function key ("default") gives the
+        Function level, the master key ("_master") Admin; a function-level route needs
+        one of them, an admin-level route the master key. The identity (scheme
+        WebJobsAuthLevel, with the level, invoke and key-name claims) is what ToRpcHttp
+        passes on as RpcHttp.identities."""
         key = handler.headers.get("x-functions-key") or query.get("code")
-        allowed = {self.master_key} if level == "admin" else {self.master_key,
-                                                               self.function_key}
-        return key in allowed
+        granted = {self.function_key: ("Function", "default"),
+                   self.master_key: ("Admin", "_master")}.get(key or "")
+        identity = claims_rpc.RpcClaimsIdentity(
+            authentication_type=nullable.NullableString(value="WebJobsAuthLevel"),
+            name_claim_type=nullable.NullableString(
+                value="http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"),
+            role_claim_type=nullable.NullableString(
+                value="http://schemas.microsoft.com/ws/2008/06/identity/claims/role"))
+        if granted is not None:
+            for claim, value in (("authlevel", granted[0]), ("invoke", "true"),
+                                 ("keyid", granted[1])):
+                identity.claims.append(claims_rpc.RpcClaim(type=CLAIMS + claim, value=value))
+        level = str(function.trigger.get("authLevel", "function")).lower()
+        if level == "anonymous" or (granted is not None and (
+                level != "admin" or granted[0] == "Admin")):
+            return identity
+        return None
 
     def _rpc_http(self, handler: Any, parts: urllib.parse.SplitResult,
                   query: list[tuple[str, str]], params: Mapping[str, str | None], body: bytes
@@ -552,14 +580,14 @@ class FunctionsHost:
                 messages = list(queue.receive_messages(messages_per_page=batch,
                                                        max_messages=batch,
                                                        visibility_timeout=600))
-            except Exception as exc:  # the queue does not exist yet: nothing to do
-                if "QueueNotFound" not in str(exc):
-                    raise
+                for message in messages:
+                    self._process(function, queue, poison, message, max_dequeue, visibility,
+                                  base64_encoded)
+            except Exception as exc:  # a queue not created yet is only empty
                 messages = []
+                if "QueueNotFound" not in str(exc):
+                    self.failures.append(f"listener of {function.name}: {exc!r}")
             interval = 0.1 if messages else min(interval * 2, max_interval)
-            for message in messages:
-                self._process(function, queue, poison, message, max_dequeue, visibility,
-                              base64_encoded)
 
     def _process(self, function: Function, queue: Any, poison: Any, message: Any,
                  max_dequeue: int, visibility: float, base64_encoded: bool) -> None:
@@ -585,9 +613,14 @@ class FunctionsHost:
         response = self.invoke(function, {function.trigger["name"]: value}, metadata)
         if response.result.status == rpc.StatusResult.Success:  # CompleteProcessingMessageAsync
             queue.delete_message(message.id, message.pop_receipt)
-        elif poison is not None and message.dequeue_count >= max_dequeue:
+            return
+        self.failures.append(f"{function.name} (message {message.id}, delivery "
+                             f"{message.dequeue_count}): {response.result.exception.message}")
+        if poison is None:
+            pass  # no poison queue: left invisible, not handed back (no fast loop)
+        elif message.dequeue_count >= max_dequeue:
             self._poison(queue, poison, message)
-        elif poison is not None:
+        else:
             queue.update_message(message.id, message.pop_receipt, visibility_timeout=int(
                 visibility))
 
@@ -615,8 +648,11 @@ class FunctionsHost:
                   if function.trigger.get("useMonitor", True) else None)
         info = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status,
                 "IsPastDue": past_due}
-        return self.invoke(function, {function.trigger["name"]: rpc.TypedData(
+        response = self.invoke(function, {function.trigger["name"]: rpc.TypedData(
             json=json.dumps(info))})
+        if response.result.status != rpc.StatusResult.Success:
+            self.failures.append(f"{name}: {response.result.exception.message}")
+        return response
 
 
 class _Servicer(rpc_grpc.FunctionRpcServicer):
