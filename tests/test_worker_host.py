@@ -31,6 +31,7 @@ from openapi_spec_validator import validate
 from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
 from tests.servers.azurite import ACCOUNT_KEY, azurite, azurite_server  # noqa: F401
+from tests.worker_host import closing_note
 from tests.worker_host.host import FunctionsHost
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def app_settings(stamp: Stamp, storage: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, azurite: str) -> Iterator[App]:  # noqa: F811
+def app(tmp_path_factory: pytest.TempPathFactory, azurite: str,  # noqa: F811
+        request: pytest.FixtureRequest) -> Iterator[App]:
     tmp = tmp_path_factory.mktemp("worker-app")
     keys = make_keys(tmp / "keys")
     stamp = make_stamp(tmp / "stamp", keys, [("ACS", "backup"), ("HLH", "region")])
@@ -89,7 +91,11 @@ def app(tmp_path_factory: pytest.TempPathFactory, azurite: str) -> Iterator[App]
     clear_job_queues(azurite)
     started = time.monotonic()
     with FunctionsHost(REPO, app_settings(stamp, azurite)) as host:
-        yield App(host, stamp, keys, time.monotonic() - started)
+        app = App(host, stamp, keys, time.monotonic() - started)
+        yield app
+    closing_note(request.config).add(
+        f"{__name__}: one host for the module, worker up in {app.started_seconds:.1f} s",
+        time.monotonic() - started, host.summary())
 
 
 def clear_job_queues(storage: str) -> None:

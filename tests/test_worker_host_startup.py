@@ -3,8 +3,10 @@ starts its own host (tests/worker_host/) on settings of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,26 @@ from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from tests.helpers import Stamp, make_keys, make_stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_worker_host import app_settings, clear_job_queues
+from tests.worker_host import closing_note
 from tests.worker_host.host import FunctionsHost
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+NOTED: list[FunctionsHost] = []
+
+
+@contextlib.contextmanager
+def note(request: pytest.FixtureRequest, label: str) -> Iterator[None]:
+    """Add the host started inside to the run's closing note."""
+    started = time.monotonic()
+    NOTED.clear()
+    try:
+        yield
+    finally:
+        for host in NOTED:
+            closing_note(request.config).add(f"{__name__}: {label}",
+                                             time.monotonic() - started, host.summary())
 
 
 @pytest.fixture
@@ -30,8 +49,8 @@ def stamp(tmp_path: Path) -> Stamp:
     return s
 
 
-def test_an_unset_backup_schedule_puts_only_the_timer_in_error(stamp: Stamp,
-                                                              azurite: str) -> None:  # noqa: F811
+def test_an_unset_backup_schedule_puts_only_the_timer_in_error(
+        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
     # Given app settings without BACKUP_SCHEDULE (the app's own loader has a default).
     settings = app_settings(stamp, azurite)
     del settings["BACKUP_SCHEDULE"]
@@ -39,7 +58,8 @@ def test_an_unset_backup_schedule_puts_only_the_timer_in_error(stamp: Stamp,
 
     # When the host indexes the app, then the timer is in error with the host's message,
     # and every other function runs.
-    with FunctionsHost(REPO, settings) as host:
+    with note(request, "BACKUP_SCHEDULE unset"), FunctionsHost(REPO, settings) as host:
+        NOTED.append(host)
         assert host.errors == {"scheduled_backup": "The 'scheduled_backup' function is in "
                                "error: '%BACKUP_SCHEDULE%' does not resolve to a value."}
         assert "run_backup_job" in host.functions and "start_backup" in host.functions
@@ -49,7 +69,7 @@ def test_an_unset_backup_schedule_puts_only_the_timer_in_error(stamp: Stamp,
 
 
 def test_a_message_delivered_max_dequeue_count_times_goes_to_poison_and_fails_its_job(
-        stamp: Stamp, azurite: str) -> None:  # noqa: F811
+        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
     # Given a queued job whose message was delivered twice already without finishing
     # (two instances died running it), and maxDequeueCount 2.
     settings = app_settings(stamp, azurite)
@@ -67,7 +87,8 @@ def test_a_message_delivered_max_dequeue_count_times_goes_to_poison_and_fails_it
 
     # When the host starts listening, then the third delivery is not run: the message moves
     # to the poison queue, whose function records the job Failed with the reason.
-    with FunctionsHost(REPO, settings) as host:
+    with note(request, "poison at maxDequeueCount"), FunctionsHost(REPO, settings) as host:
+        NOTED.append(host)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             record = services.jobs.get(backup_id) or {}

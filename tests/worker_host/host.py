@@ -39,6 +39,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class FunctionsHost:
         #: "Executed 'Functions.x' (Failed)" lines) and listener errors.
         self.failures: list[str] = []
         self.http_requests = 0  # answered by the front end, whatever the status
+        self.http_statuses: Counter[int] = Counter()
+        self.invocations: Counter[str] = Counter()  # by function name
         self.worker_stderr = ""
         self.function_key = base64.urlsafe_b64encode(os.urandom(30)).decode()
         self.master_key = base64.urlsafe_b64encode(os.urandom(30)).decode()
@@ -335,6 +338,7 @@ class FunctionsHost:
                 request.trigger_metadata[name].CopyFrom(value)
         waiting = self._expect("invocation_response", invocation_id)
         self.running.add(invocation_id)
+        self.invocations[function.name] += 1
         try:
             self._send(invocation_request=request)
             return self._wait(waiting, f"invocation of {function.name}",
@@ -422,6 +426,25 @@ class FunctionsHost:
             self._stderr.close()
             Path(self._stderr_name).unlink(missing_ok=True)
 
+    def summary(self) -> str:
+        """What this host exercised, in a few lines (the suite prints them at the end)."""
+        kinds = Counter(f.trigger["type"] for f in self.functions.values())
+        by_kind: Counter[str] = Counter()
+        for name, count in self.invocations.items():
+            function = self.functions.get(name)
+            by_kind[function.trigger["type"] if function else "?"] += count
+        categories = Counter(log.category for log in self.logs)
+        lines = [
+            f"functions loaded {len(self.functions)} ({_counts(kinds)}); in error "
+            f"{len(self.errors)}{': ' + '; '.join(self.errors.values()) if self.errors else ''}",
+            f"invocations {sum(by_kind.values())} ({_counts(by_kind)}); HTTP requests "
+            f"{self.http_requests} ({_counts(self.http_statuses)})",
+            f"RpcLog records {len(self.logs)} ({_counts(categories)})",
+            f"host-side failures {len(self.failures)}" + (
+                ": " + "; ".join(self.failures[:5]) if self.failures else ""),
+        ]
+        return "\n".join(lines)
+
     def __enter__(self) -> FunctionsHost:
         return self.start()
 
@@ -460,6 +483,7 @@ class FunctionsHost:
                 pass
 
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.host_stats = self.http_statuses  # type: ignore[attr-defined]
         self._http.daemon_threads = True
         self._spawn(self._http.serve_forever)
 
@@ -684,6 +708,10 @@ class _Servicer(rpc_grpc.FunctionRpcServicer):
             yield message
 
 
+def _counts(counter: Mapping[Any, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in sorted(counter.items(), key=lambda i: -i[1]))
+
+
 def _raise_if_failed(result: Any, what: str) -> None:
     if result.status == rpc.StatusResult.Failure:
         exc = result.exception
@@ -735,6 +763,7 @@ def _body(data: Any) -> bytes:
 
 
 def _reply(handler: Any, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    handler.server.host_stats[status] += 1
     handler.send_response(status)
     for name, value in headers.items():
         if name.lower() not in ("content-length", "transfer-encoding"):
