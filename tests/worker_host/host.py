@@ -189,6 +189,7 @@ class FunctionsHost:
                "FUNCTIONS_WORKER_DIRECTORY": str(SHELL.parent),
                "FUNCTIONS_APPLICATION_DIRECTORY": str(self.app_root),
                "AzureWebJobsScriptRoot": str(self.app_root),
+               "FUNCTIONS_WORKER_RUNTIME_VERSION": _worker_version(self.worker_python),
                "PYTHONPATH": str(WORKER_VENV / "rpc")}
         fd, self._stderr_name = tempfile.mkstemp(prefix="functions-worker-", suffix=".log")
         self._stderr = os.fdopen(fd, "w+b")
@@ -201,13 +202,13 @@ class FunctionsHost:
             self._initialize()
             self._index()
             self._load()
+            self._serve_http()
+            for function in self.functions.values():
+                if function.trigger["type"].lower() == "queuetrigger":
+                    self._spawn(self._listen, function)
         except BaseException:
             self.stop()
             raise
-        self._serve_http()
-        for function in self.functions.values():
-            if function.trigger["type"].lower() == "queuetrigger":
-                self._spawn(self._listen, function)
         return self
 
     def _initialize(self) -> None:
@@ -706,6 +707,14 @@ class _Servicer(rpc_grpc.FunctionRpcServicer):
         threading.Thread(target=read, name="host-grpc-read", daemon=True).start()
         while (message := outbound.get()) is not None:
             yield message
+
+
+def _worker_version(python: Path) -> str:
+    """major.minor of the worker's interpreter (its venv's pyvenv.cfg): what the host sets
+    as FUNCTIONS_WORKER_RUNTIME_VERSION (RpcWorkerProcess.cs)."""
+    config = (python.parent.parent / "pyvenv.cfg").read_text()
+    match = re.search(r"^version(?:_info)?\s*=\s*(\d+\.\d+)", config, re.M)
+    return match.group(1) if match else "3.13"
 
 
 def _counts(counter: Mapping[Any, int]) -> str:
