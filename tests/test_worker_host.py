@@ -297,6 +297,8 @@ def fuzz(operation: Any, base_url: str, headers: dict[str, str], excluded: list[
     return check
 
 
+# schemathesis' own strategies draw from `random` (its code, not this test's).
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 def test_every_answer_of_the_api_matches_the_document_and_none_is_a_500(app: App) -> None:
     """schemathesis against the worker's HTTP front end, from the document it serves:
     no 5xx, and every status, header, content type and body as documented."""
