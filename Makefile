@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps bench infra-check clean
+.PHONY: demo test lint typecheck pytest system-deps worker-venv bench infra-check clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps
+# The second venv: Python 3.13 and the real Functions worker, for tests/test_worker_host*.py.
+worker-venv:
+	bash scripts/worker-venv.sh
+
+pytest: $(STAMP) system-deps worker-venv
 	$(BIN)/pytest
 
 test: system-deps lint typecheck pytest
@@ -38,4 +42,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .infrabackup-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-worker .infrabackup-demo .pytest_cache .mypy_cache .ruff_cache

@@ -6,12 +6,14 @@ worker, never in an HTTP request: the timer and ``POST /api/backups`` only queue
 
 import azure.functions as func
 
-from shared import api, scheduler, worker
+from shared import api, openapi, scheduler, worker
 from shared.allocator import tune_allocator
+from shared.app_logging import quiet_sdk_logging
 from shared.app_services import AppServices, configure_app_telemetry
 from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
 
 tune_allocator()  # once per worker process; why: shared/allocator.py
+quiet_sdk_logging()  # the worker logs at INFO; why: shared/app_logging.py
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 telemetry = configure_app_telemetry()
 FUNCTION = func.AuthLevel.FUNCTION
@@ -79,3 +81,8 @@ def get_maintenance(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="prune", methods=["POST"], auth_level=FUNCTION)
 def prune(req: func.HttpRequest) -> func.HttpResponse:
     return api.prune(req, services())
+
+
+@app.route(route="openapi.json", methods=["GET"], auth_level=FUNCTION)
+def get_openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return openapi.get_openapi(req)

@@ -111,10 +111,11 @@ param alertWebhookReceivers array = []
 @maxValue(4)
 param alertSeverity int = 1
 
-@description('Python version of the function app.')
+@description('Python version of the function app: 3.11 and 3.12 run azure-functions 1.x, 3.13 runs azure-functions 2.x under the azure-functions-runtime worker (requirements.txt selects by version).')
 @allowed([
   '3.11'
   '3.12'
+  '3.13'
 ])
 param pythonVersion string = '3.11'
 

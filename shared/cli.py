@@ -42,7 +42,7 @@ from shared.manifest import Manifest
 from shared.progress import progress_for
 from shared.restore import restore_backup, verify_backup
 from shared.retention import prune as run_prune
-from shared.settings import Settings, load_settings
+from shared.settings import DEFAULT_SCHEDULE, Settings, load_settings
 from shared.share import Share, open_share
 from shared.share_check import check_share
 from shared.telemetry import configure_telemetry
@@ -231,13 +231,26 @@ def check(as_json: bool) -> int:
     report = check_share(rt.share, layout)
     cap = report.capacity
     assert cap is not None
+    warnings = _deployment_warnings(settings)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     data = {"share": report.share, "steps": report.steps, "freeBytes": cap.free_bytes,
-            "totalBytes": cap.total_bytes}
+            "totalBytes": cap.total_bytes, "warnings": warnings}
     emit(as_json, data,
          f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
          f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
          f"{cap.total_bytes / 1024**3:.1f} GiB")
     return EXIT_OK
+
+
+def _deployment_warnings(settings: Settings) -> list[str]:
+    """What the Functions app would do differently from this command with these settings."""
+    if settings.raw.get("BACKUP_SCHEDULE", "").strip():
+        return []
+    return ["BACKUP_SCHEDULE is not set. This command uses the default "
+            f"({DEFAULT_SCHEDULE}), but the Functions host resolves %BACKUP_SCHEDULE% "
+            "itself: without the app setting the timer function does not start and no "
+            "scheduled backup runs. Set it, e.g. BACKUP_SCHEDULE=0 0 */12 * * *."]
 
 
 @cli.command()

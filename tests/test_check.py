@@ -64,3 +64,17 @@ def test_check_names_the_alert_and_remediation_when_it_fails(samba: SambaSet) ->
         assert f"alert: {alert}" in proc.stderr
         assert "remediation: " in proc.stderr
         assert json.loads(proc.stdout)["error"]["alert"] == alert
+
+
+def test_check_warns_when_backup_schedule_is_unset(tmp_path: Path) -> None:
+    # The Functions host resolves %BACKUP_SCHEDULE% itself: without the setting the timer
+    # does not start (tests/test_worker_host_startup.py), whatever the app's default.
+    unset = check({"BACKUP_SHARE_PATH": str(tmp_path)})
+    assert unset.returncode == 0, unset.stderr
+    [warning] = json.loads(unset.stdout)["warnings"]
+    assert "BACKUP_SCHEDULE is not set" in warning and "timer" in warning
+    assert f"warning: {warning}" in unset.stderr
+
+    set_ = check({"BACKUP_SHARE_PATH": str(tmp_path), "BACKUP_SCHEDULE": "0 0 */6 * * *"})
+    assert set_.returncode == 0, set_.stderr
+    assert json.loads(set_.stdout)["warnings"] == [] and "warning:" not in set_.stderr

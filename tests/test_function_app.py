@@ -221,6 +221,7 @@ EXPECTED = {
     "close_maintenance": ("httpTrigger", "maintenance", ["DELETE"]),
     "get_maintenance": ("httpTrigger", "maintenance", ["GET"]),
     "prune": ("httpTrigger", "prune", ["POST"]),
+    "get_openapi": ("httpTrigger", "openapi.json", ["GET"]),
 }
 
 

@@ -41,10 +41,11 @@ param keyVaultUri string
 @description('Versionless URI of the share password secret.')
 param sharePasswordSecretUri string
 
-@description('Python version of the app.')
+@description('Python version of the app: 3.11 and 3.12 run azure-functions 1.x, 3.13 runs azure-functions 2.x under the azure-functions-runtime worker (requirements.txt selects by version).')
 @allowed([
   '3.11'
   '3.12'
+  '3.13'
 ])
 param pythonVersion string = '3.11'
 
@@ -193,7 +194,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_213:Instances start on demand for queue and timer triggers; there is no long-lived web front end for a health-check probe to rotate out.
   name: name
   location: location
-  tags: tags
+  // azd deploys the service "api" of azure.yaml to the resource with this tag.
+  tags: union(tags, { 'azd-service-name': 'api' })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'
