@@ -178,7 +178,7 @@ def parse_vault_url(value: str, setting: str) -> tuple[str, str]:
             f"{setting}: '{host}' is not a Key Vault host name (<vault>.vault.azure.net, or "
             f"another cloud's vault suffix such as .vault.azure.cn or .vault.usgovcloudapi."
             f"net). {example}", setting=setting)
-    if not _VAULT_NAME_RE.match(labels[0]):
+    if not _VAULT_NAME_RE.fullmatch(labels[0]):
         raise ConfigError(
             f"{setting}: '{labels[0]}' is not a Key Vault name (3-24 letters, digits and "
             f"hyphens, starting with a letter). {example}", setting=setting)
@@ -211,12 +211,12 @@ def parse_object_url(value: str, setting: str, kinds: tuple[str, ...]) -> VaultO
             f"{setting}: '{value.strip()}' is a {kind[:-1]} URL; {hint}. {example}",
             setting=setting)
     name = segments[1]
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"{setting}: '{name}' is not a Key Vault object name (1-127 letters, digits and "
             f"hyphens). {example}", setting=setting)
     version = segments[2] if len(segments) == 3 else None
-    if version is not None and not _VERSION_RE.match(version):
+    if version is not None and not _VERSION_RE.fullmatch(version):
         raise ConfigError(
             f"{setting}: '{version}' is not a Key Vault version id (32 hex digits); leave "
             f"it out for the current version. {example}", setting=setting)
@@ -668,7 +668,7 @@ def import_certificate(
         raise ConfigError(
             f"{setting}: '{vault_url}' must be the vault URL alone, without a path. "
             f"Example: {_EXAMPLE_VAULT}", setting=setting)
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"--name: '{name}' is not a Key Vault certificate name (1-127 letters, digits and "
             "hyphens). Example: infrabackup.", setting="--name")
@@ -717,7 +717,7 @@ def keygen_to_vault(
     upload (Key Vault keeps it without that password); nothing is written to disk.
     """
     parse_vault_url(vault_url.rstrip("/"), "--key-vault")  # fail before the slow keygen
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"--name: '{name}' is not a Key Vault certificate name (1-127 letters, digits and "
             "hyphens). Example: infrabackup.", setting="--name")
