@@ -78,7 +78,7 @@ class JobMessage:
         if not isinstance(data, dict):
             raise MalformedMessage("the message is not a JSON object")
         if data.get("version") != MESSAGE_VERSION:
-            raise MalformedMessage(f"unknown message version {data.get('version')!r}")
+            raise MalformedMessage(f"unknown message version {_shown(data.get('version'))}")
         backup_id = backup_id_or_none(str(data.get("backupId", "")))
         if backup_id is None:
             raise MalformedMessage("backupId is missing or not a GUID")
@@ -89,7 +89,8 @@ class JobMessage:
             raise MalformedMessage("stamp is not a stamp key (<domain>_<region>)")
         trigger = data.get("trigger")
         if trigger not in TRIGGERS:
-            raise MalformedMessage(f"trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
+            raise MalformedMessage(f"trigger {_shown(trigger)} is not one of "
+                                   f"{', '.join(TRIGGERS)}")
         try:
             requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
         except ValueError:
@@ -127,6 +128,12 @@ def _scan_fields(body: bytes) -> dict[str, str]:
     for key, value in _FIELD_RE.findall(text):
         found.setdefault(key, []).append(value)
     return {key: values[0] for key, values in found.items() if len(set(values)) == 1}
+
+
+def _shown(value: Any) -> str:
+    """A field of a bad message, for the record: its repr, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _load(body: bytes) -> Any:

@@ -385,3 +385,18 @@ def test_a_queue_message_whose_stamp_is_not_a_table_key_is_a_failed_record(
     function_app.run_backup_job(QueueMessage(id="m-stamp", body=body.encode(), dequeue_count=1))
     record = get_record(backup_id)  # recorded under this app's stamp
     assert record["status"] == "Failed" and "stamp" in record["error"]["message"]
+
+
+def test_a_malformed_message_naming_a_finished_job_leaves_its_record_alone(
+        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+    backup_id = post_backup().json["backupId"]
+    [message] = take_messages(queue)
+    function_app.run_backup_job(message)
+    assert get_record(backup_id)["status"] == "Succeeded"
+    # A damaged copy of its message (here: nested) must not turn the finished job Failed.
+    body = _nested_message(json.loads(message.get_body())["stamp"], backup_id)
+    function_app.run_backup_job(QueueMessage(id="m-damaged", body=body, dequeue_count=1))
+    assert get_record(backup_id)["status"] == "Succeeded"
+    records = call(function_app.list_backups, "GET", "backups").json["backups"]
+    [failed] = [r for r in records if r.get("messageId") == "m-damaged"]
+    assert failed["status"] == "Failed" and failed["backupId"] != backup_id
