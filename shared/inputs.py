@@ -40,6 +40,7 @@ _DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})"
 # scan needs to see. Brackets inside strings are skipped with their string.
 _JSON_TOKEN_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 _SEPARATORS_RE = re.compile(r"[\\/]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class JsonInputError(ValueError):
@@ -133,9 +134,10 @@ def path_problem(path: str, *, max_chars: int = MAX_PATH_CHARS) -> str | None:
     single name longer than :data:`MAX_NAME_BYTES` bytes, text that is not valid
     Unicode (a lone surrogate that is not an undecodable byte of the environment).
     """
-    bad = next((c for c in path if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    bad = _CONTROL_RE.search(path)
     if bad is not None:
-        what = "a NUL byte" if bad == "\0" else f"the control character U+{ord(bad):04X}"
+        char = bad.group()
+        what = "a NUL byte" if char == "\0" else f"the control character U+{ord(char):04X}"
         return f"it contains {what}"
     if len(path) > max_chars:
         return f"it has {len(path)} characters; at most {max_chars} are accepted"

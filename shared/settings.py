@@ -218,20 +218,25 @@ def read_settings_file(path: str | Path) -> dict[str, str]:
     example = 'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
     problem = path_problem(str(path))
     if problem:
-        raise ConfigError(f"--settings: {quote(path)} cannot be a file name: {problem}.")
+        raise ConfigError(f"--settings: {quote(path)} cannot be a file name: {problem}.",
+                          setting="--settings")
     try:
         text = read_text_file(Path(path), MAX_SETTINGS_FILE_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"--settings: file {path} does not exist.") from None
+        raise ConfigError(f"--settings: file {path} does not exist.",
+                          setting="--settings") from None
     except OSError as exc:
-        raise ConfigError(f"--settings: cannot read {path} ({exc.strerror or exc}).") from None
+        raise ConfigError(f"--settings: cannot read {path} ({exc.strerror or exc}).",
+                          setting="--settings") from None
     try:
         data = load_json(text, max_bytes=MAX_SETTINGS_FILE_BYTES)
     except JsonInputError as exc:
-        raise ConfigError(f"--settings: {path} is not usable: {exc}. {example}") from None
+        raise ConfigError(f"--settings: {path} is not usable: {exc}. {example}",
+                          setting="--settings") from None
     values = data.get("Values") if isinstance(data, dict) else None
     if not isinstance(values, dict):
-        raise ConfigError(f"--settings: {path} has no \"Values\" object. {example}")
+        raise ConfigError(f"--settings: {path} has no \"Values\" object. {example}",
+                          setting="--settings")
     return {str(k): "" if v is None else str(v) for k, v in values.items()}
 
 
