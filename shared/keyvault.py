@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -88,6 +87,7 @@ from shared.errors import (
     KeyMaterialError,
     PathError,
 )
+from shared.inputs import load_json
 from shared.keys import generate_certificate, load_pfx, parse_certificate, thumbprints
 
 log = logging.getLogger("infrabackup.keyvault")
@@ -280,8 +280,9 @@ class KeyVaultAccess:
 def _error_codes(exc: HttpResponseError) -> tuple[str, str]:
     """(error code, inner error code) of a Key Vault error answer; '' when absent."""
     try:
-        body = json.loads(exc.response.text()) if exc.response is not None else {}
-    except (ValueError, TypeError):  # a non-JSON error body just has no codes
+        body = (load_json(exc.response.text(), max_bytes=64 * 1024)
+                if exc.response is not None else {})
+    except (ValueError, TypeError):  # a non-JSON (or huge, deep) error body has no codes
         return "", ""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):

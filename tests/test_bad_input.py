@@ -88,9 +88,10 @@ def test_a_settings_file_nested_deep_is_refused(tmp_path: Path) -> None:
         load_settings(environ={}, settings_file=bad)
 
 
-@pytest.mark.parametrize("value", ["AccountKey=x;garbage", "garbage", "AccountName=a;AccountKey=x",
+@pytest.mark.parametrize("value", ["AccountKey=x;garbage", "garbage", "AccountKey=eA==",
                                    "UseDevelopmentStorage=true;x=1", "AccountName=a",
-                                   "AccountName=a;AccountKey=eA==;QueueEndpoint=ftp://x"])
+                                   "AccountName=a;AccountKey=eA==;QueueEndpoint=ftp://x",
+                                   "AccountName=a;AccountName=b;AccountKey=eA=="])
 def test_a_malformed_storage_connection_string_is_refused_without_showing_it(value: str) -> None:
     message = refused({"AzureWebJobsStorage": value}, "AzureWebJobsStorage")
     assert value not in message  # it may hold the account key
@@ -400,3 +401,23 @@ def test_a_malformed_message_naming_a_finished_job_leaves_its_record_alone(
     records = call(function_app.list_backups, "GET", "backups").json["backups"]
     [failed] = [r for r in records if r.get("messageId") == "m-damaged"]
     assert failed["status"] == "Failed" and failed["backupId"] != backup_id
+
+
+# --- files on the share that another process may have damaged ----------------------------
+
+
+@pytest.mark.parametrize("content", [b"[" * 5000, b"\xff\xfe", b"[]", b"x" * 100_000])
+def test_a_damaged_maintenance_or_lock_file_is_read_as_damaged_not_a_traceback(
+        tmp_path: Path, content: bytes) -> None:
+    from shared.layout import StampLayout
+    from shared.maintenance import ShareMaintenanceStore
+    from shared.share import LocalShare
+    from shared.share.base import held_message, join
+
+    share, layout = LocalShare(tmp_path), StampLayout("contoso.com", "nyc")
+    share.make_dirs(layout.region_root)
+    share.write_stream(join(layout.region_root, MAINTENANCE_FILE), [content])
+    window = ShareMaintenanceStore(share, layout).current()
+    # Unreadable: the window counts as open (backups stay stopped mid-update).
+    assert window is not None and window.operation == "unknown"
+    assert "held by another process" in held_message(content)
