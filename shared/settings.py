@@ -741,16 +741,6 @@ def _check_source_settings(
                 f"identity. Example: {spec.connection}__blobServiceUri="
                 "https://contosokv.blob.core.windows.net."
             )
-        value = env.get(spec.connection, "").strip() if spec.connection else ""
-        if value and not value.lower().startswith(("https://", "http://")):
-            from shared.storage import CONNECTION_EXAMPLE, connection_string_problem
-
-            problem = connection_string_problem(value, ("blob",))
-            if problem:
-                problems.append(
-                    f"{spec.connection}: source {spec.name} names it as its connection, but "
-                    f"it is not a storage connection string: {problem}. Example: "
-                    f"{CONNECTION_EXAMPLE}, or an account URL.")
 
 
 def _check_storage_setting(env: Mapping[str, str], problems: list[str]) -> None:

@@ -19,8 +19,6 @@ not, and a conditional write that lost to another writer.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import re
 import threading
@@ -129,11 +127,12 @@ CONNECTION_EXAMPLE = ("UseDevelopmentStorage=true (Azurite), or DefaultEndpoints
 
 def connection_string_problem(value: str, services: tuple[str, ...]) -> str | None:
     """Why ``value`` is not a storage connection string the Azure SDK can use for
-    ``services`` (``queue``, ``table``, ``blob``), or None.
+    ``services`` (``queue``, ``table``), or None: its form only (``Name=value`` pairs,
+    credentials, endpoints for every service).
 
-    The SDK's own parser raises a bare ValueError (or fails later, at the first request,
-    on a key that is not base64); checking here turns that into a setting error before
-    anything runs. The reason never quotes the value: it may hold an account key.
+    The SDK's own parser raises a bare ValueError; checking here turns that into a
+    setting error before anything runs. The reason never quotes the value: it may hold
+    an account key.
     """
     text = value.strip()
     segments = [segment.split("=", 1) for segment in text.rstrip(";").split(";")]
@@ -149,13 +148,11 @@ def connection_string_problem(value: str, services: tuple[str, ...]) -> str | No
         if text.lower() != "usedevelopmentstorage=true" or pairs["usedevelopmentstorage"] != "true":
             return "UseDevelopmentStorage=true must be the whole value"
         return None
+    # A key that is wrong (even not base64) is the account's answer to give: the SDK
+    # reports it as an authentication failure, which names the setting and its alert.
     if "accountkey" in pairs:
         if "accountname" not in pairs:
             return "it has an AccountKey but no AccountName"
-        try:
-            base64.b64decode(pairs["accountkey"], validate=True)
-        except (binascii.Error, ValueError):
-            return "its AccountKey is not base64 (copy the key from the storage account)"
     elif "sharedaccesssignature" not in pairs:
         return "it has neither AccountName and AccountKey nor a SharedAccessSignature"
     protocol = pairs.get("defaultendpointsprotocol")
