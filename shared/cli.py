@@ -28,8 +28,10 @@ from shared.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
+    GeneralFault,
     InfraBackupError,
 )
+from shared.inputs import path_problem, quote
 from shared.key_provider import decryption_keyring, require_decryption
 from shared.keys import generate_certificate, generate_legacy_key
 from shared.maintenance import (
@@ -87,6 +89,16 @@ def emit(as_json: bool, data: Any, text: str) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text)
 
 
+def checked_path(_ctx: click.Context, param: click.Parameter, value: str | None
+                 ) -> str | None:
+    """A path option's value, refused (exit 2) before anything is done when no file system
+    could hold it: a control character, too long, a name over 255 bytes."""
+    problem = path_problem(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(f"{quote(value)} cannot be a path: {problem}.", param=param)
+    return value
+
+
 def runtime() -> Runtime:
     obj = click.get_current_context().obj
     assert isinstance(obj, Runtime)
@@ -142,10 +154,12 @@ def _read_password(password_file: str | None) -> str:
 
 
 @cli.command()
-@click.option("--out", "out_dir", metavar="DIR", help="Folder for the files.")
+@click.option("--out", "out_dir", metavar="DIR", help="Folder for the files.",
+              callback=checked_path)
 @click.option("--name", default="infrabackup", show_default=True, help="File name stem.")
 @click.option("--legacy-key", is_flag=True, help="Make a legacy (1811 and older) key instead.")
-@click.option("--password-file", metavar="FILE", help="File holding the PFX password.")
+@click.option("--password-file", metavar="FILE", help="File holding the PFX password.",
+              callback=checked_path)
 @click.option("--key-vault", "key_vault", metavar="URL",
               help="Import the certificate into this Key Vault (https://<vault>.vault.azure.net) "
                    "instead of writing files.")
@@ -449,7 +463,8 @@ def verify(backup_id: str, as_json: bool) -> int:
 
 @cli.command()
 @click.argument("backup_id")
-@click.option("--to", "to_dir", metavar="DIR", help="Restore into DIR/<component>/.")
+@click.option("--to", "to_dir", metavar="DIR", help="Restore into DIR/<component>/.",
+              callback=checked_path)
 @click.option("--to-sources", is_flag=True, help="Restore each component to its source.")
 @click.option("--component", metavar="NAME", help="Only this component.")
 @click.option("--target-version", metavar="V",
@@ -574,6 +589,7 @@ def maintenance_status(as_json: bool) -> int:
 
 @cli.command()
 @click.option("--dir", "work_dir", default=".infrabackup-demo", show_default=True,
+              callback=checked_path,
               metavar="DIR", help="Where the demo share, keys and restore go.")
 @json_option
 def demo(work_dir: str, as_json: bool) -> int:
@@ -616,5 +632,13 @@ def main(argv: list[str] | None = None) -> None:
     except InfraBackupError as exc:
         _report(exc, as_json)
         code = exc.exit_code
+    except Exception as exc:
+        # A bug, not the operator's input (that is a ConfigError): one line and the general
+        # alert rather than a traceback; -v logs the trace for the bug report.
+        logging.getLogger("infrabackup.cli").info("unexpected error", exc_info=True)
+        fault = GeneralFault(f"Unexpected internal error ({exc.__class__.__name__}); nothing "
+                             "more is known. Run again with -v for the trace and report it.")
+        _report(fault, as_json)
+        code = fault.exit_code
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

@@ -33,11 +33,14 @@ from shared.errors import (
     RefusedError,
     ShareError,
 )
+from shared.inputs import JsonInputError, ascii_int, load_json, quote
 
 log = logging.getLogger("infrabackup.api")
 
 #: The largest request body accepted; the API's bodies are a few dozen bytes.
 MAX_BODY_BYTES = 4096
+#: The API's bodies are flat objects: deeper nesting is refused before parsing.
+MAX_BODY_DEPTH = 8
 #: Query parameters every route accepts: the function key may come as ``?code=``.
 PLATFORM_PARAMS = frozenset({"code"})
 
@@ -119,11 +122,9 @@ def json_body(req: func.HttpRequest, fields: Mapping[str, FieldSpec],
                              target="body")
     else:
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(
-                exc, json.JSONDecodeError) else ""
-            raise BadRequest(f"The request body is not valid UTF-8 JSON{where}. Example: "
+            data = load_json(raw, max_bytes=MAX_BODY_BYTES, max_depth=MAX_BODY_DEPTH)
+        except JsonInputError as exc:
+            raise BadRequest(f"The request body is not valid UTF-8 JSON: {exc}. Example: "
                              f"{_example(fields, required)}.", target="body") from None
     if not isinstance(data, dict):
         raise BadRequest(f"The request body must be a JSON object. Example: "
@@ -131,7 +132,8 @@ def json_body(req: func.HttpRequest, fields: Mapping[str, FieldSpec],
     for name in data:
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            raise BadRequest(f"Unknown field '{name}'. Known fields: {known}.", target=name)
+            raise BadRequest(f"Unknown field {quote(name)}. Known fields: {known}.",
+                             target=name[:100])
     for name, (types, type_name) in fields.items():
         value = data.get(name)
         # JSON true/false are Python bools, which are ints too: a number field refuses them.
@@ -167,18 +169,23 @@ def query(req: func.HttpRequest, allowed: frozenset[str]) -> dict[str, str]:
     for name in params:
         if name not in allowed and name not in PLATFORM_PARAMS:
             known = ", ".join(sorted(allowed)) or "none"
-            raise BadRequest(f"Unknown query parameter '{name}'. Known: {known}.", target=name)
+            raise BadRequest(f"Unknown query parameter {quote(name)}. Known: {known}.",
+                             target=name[:100])
     return {k: v for k, v in params.items() if k not in PLATFORM_PARAMS}
 
 
 def int_param(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole-number parameter in ASCII digits within ``low``..``high`` (BadRequest
+    otherwise: ``str.isdigit`` would take "²", and ``int()`` "٧", "1_0" or fail past
+    4,300 digits)."""
     text = params.get(name)
     if text is None:
         return default
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    number = ascii_int(text.strip())
+    if number is None or not low <= number <= high:
         raise BadRequest(f"Query parameter '{name}' must be a whole number from {low} to "
-                         f"{high}; got '{text}'.", target=name)
-    return int(text)
+                         f"{high}; got {quote(text)}.", target=name)
+    return number
 
 
 def bool_param(params: Mapping[str, str], name: str) -> bool | None:
@@ -187,7 +194,7 @@ def bool_param(params: Mapping[str, str], name: str) -> bool | None:
         return None
     lowered = text.strip().lower()
     if lowered not in ("true", "false"):
-        raise BadRequest(f"Query parameter '{name}' must be true or false; got '{text}'.",
+        raise BadRequest(f"Query parameter '{name}' must be true or false; got {quote(text)}.",
                          target=name)
     return lowered == "true"
 

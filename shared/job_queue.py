@@ -21,12 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import GeneralFault, InfraBackupError
+from shared.inputs import JsonInputError, load_json
 from shared.job_store import JobStore, StampClaim
 from shared.layout import backup_id_or_none
 from shared.maintenance import MaintenanceStore, refuse_if_open
@@ -41,6 +43,8 @@ MESSAGE_VERSION = 1
 TRIGGERS = ("http", "schedule")
 #: Larger than any message we write; a bigger one is not ours.
 MAX_MESSAGE_BYTES = 4096
+#: Our messages are flat objects; deeper nesting is refused before parsing.
+MAX_MESSAGE_DEPTH = 8
 
 
 class MalformedMessage(ValueError):
@@ -65,27 +69,28 @@ class JobMessage:
 
     @classmethod
     def decode(cls, body: bytes) -> JobMessage:
-        """Parse a message body; MalformedMessage saying what is wrong."""
-        if len(body) > MAX_MESSAGE_BYTES:
-            raise MalformedMessage(f"the message has {len(body)} bytes; a job has < "
-                                   f"{MAX_MESSAGE_BYTES}")
+        """Parse a message body; MalformedMessage saying what is wrong, and nothing else
+        whatever the body holds (too large, too deep, not UTF-8, not a job)."""
         try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise MalformedMessage(f"the message is not JSON ({exc.__class__.__name__})") from None
+            data = _load(body)
+        except JsonInputError as exc:
+            raise MalformedMessage(f"the message is not usable: {exc}") from None
         if not isinstance(data, dict):
             raise MalformedMessage("the message is not a JSON object")
         if data.get("version") != MESSAGE_VERSION:
-            raise MalformedMessage(f"unknown message version {data.get('version')!r}")
+            raise MalformedMessage(f"unknown message version {_shown(data.get('version'))}")
         backup_id = backup_id_or_none(str(data.get("backupId", "")))
         if backup_id is None:
             raise MalformedMessage("backupId is missing or not a GUID")
         stamp = data.get("stamp")
         if not isinstance(stamp, str) or not stamp:
             raise MalformedMessage("stamp is missing")
+        if not _usable_stamp(stamp):
+            raise MalformedMessage("stamp is not a stamp key (<domain>_<region>)")
         trigger = data.get("trigger")
         if trigger not in TRIGGERS:
-            raise MalformedMessage(f"trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
+            raise MalformedMessage(f"trigger {_shown(trigger)} is not one of "
+                                   f"{', '.join(TRIGGERS)}")
         try:
             requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
         except ValueError:
@@ -95,17 +100,53 @@ class JobMessage:
 
 def salvage(body: bytes) -> tuple[str | None, str | None]:
     """The backup id and stamp of a message that failed to decode, where they can be read
-    (a stamp only when it can be a table key), to record the failure under."""
+    (a stamp only when it can be a table key), to record the failure under.
+
+    A body that is not usable JSON (too deep, cut short) is searched for the two fields
+    as text, each used only when it occurs once: the job it names must end Failed and
+    its claim be released, or the stamp stays blocked.
+    """
     try:
-        data: Any = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None, None
+        data: Any = _load(body)
+    except JsonInputError:
+        data = _scan_fields(body)
     if not isinstance(data, dict):
         return None, None
     stamp = data.get("stamp")
-    usable = (isinstance(stamp, str) and 0 < len(stamp) <= 200 and stamp.isprintable()
-              and not any(c in stamp for c in "/\\#?"))
-    return backup_id_or_none(str(data.get("backupId", ""))), stamp if usable else None
+    backup_id = data.get("backupId")
+    return (backup_id_or_none(backup_id) if isinstance(backup_id, str) else None,
+            stamp if isinstance(stamp, str) and _usable_stamp(stamp) else None)
+
+
+#: ``"backupId": "..."`` or ``"stamp": "..."`` in a message's text (no escapes inside).
+_FIELD_RE = re.compile(r'"(backupId|stamp)"\s*:\s*"([^"\\]{1,200})"')
+
+
+def _scan_fields(body: bytes) -> dict[str, str]:
+    found: dict[str, list[str]] = {}
+    text = body[: 64 * 1024].decode("utf-8", "replace")  # a queue message has at most 64 KiB
+    for key, value in _FIELD_RE.findall(text):
+        found.setdefault(key, []).append(value)
+    return {key: values[0] for key, values in found.items() if len(set(values)) == 1}
+
+
+def _shown(value: Any) -> str:
+    """A field of a bad message, for the record: its repr, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _load(body: bytes) -> Any:
+    """A message body's JSON, bounded (JsonInputError otherwise: a body of a few hundred
+    brackets would make json.loads raise RecursionError out of the worker)."""
+    return load_json(body, max_bytes=MAX_MESSAGE_BYTES, max_depth=MAX_MESSAGE_DEPTH)
+
+
+def _usable_stamp(stamp: str) -> bool:
+    """Whether ``stamp`` can be a table partition key (no '/', '\\', '#', '?', no control
+    characters; Azure Tables refuses them)."""
+    return (0 < len(stamp) <= 200 and stamp.isprintable()
+            and not any(c in stamp for c in "/\\#?"))
 
 
 class JobQueue:

@@ -47,7 +47,7 @@ FINISHED = frozenset({"Succeeded", "PartialSucceeded", "Failed", "Skipped"})
 STATUSES = ACTIVE | FINISHED
 
 _MAX_MS = 9_999_999_999_999
-_ROW_KEY_RE = re.compile(r"^\d{13}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ROW_KEY_RE = re.compile(r"[0-9]{13}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _JSON_SUFFIX = "Json"
 #: Azure Tables holds at most 64 KiB per string property (32 K UTF-16 characters).
 _MAX_TEXT = 30_000
@@ -80,7 +80,7 @@ def decode_token(token: str) -> str:
         key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         key = ""
-    if not _ROW_KEY_RE.match(key):
+    if not _ROW_KEY_RE.fullmatch(key):
         raise ConfigError("continuationToken: not a token this API returned; use the "
                           "continuationToken (or nextLink) of the previous page.",
                           setting="continuationToken")

@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -88,6 +87,7 @@ from shared.errors import (
     KeyMaterialError,
     PathError,
 )
+from shared.inputs import load_json
 from shared.keys import generate_certificate, load_pfx, parse_certificate, thumbprints
 
 log = logging.getLogger("infrabackup.keyvault")
@@ -178,7 +178,7 @@ def parse_vault_url(value: str, setting: str) -> tuple[str, str]:
             f"{setting}: '{host}' is not a Key Vault host name (<vault>.vault.azure.net, or "
             f"another cloud's vault suffix such as .vault.azure.cn or .vault.usgovcloudapi."
             f"net). {example}", setting=setting)
-    if not _VAULT_NAME_RE.match(labels[0]):
+    if not _VAULT_NAME_RE.fullmatch(labels[0]):
         raise ConfigError(
             f"{setting}: '{labels[0]}' is not a Key Vault name (3-24 letters, digits and "
             f"hyphens, starting with a letter). {example}", setting=setting)
@@ -211,12 +211,12 @@ def parse_object_url(value: str, setting: str, kinds: tuple[str, ...]) -> VaultO
             f"{setting}: '{value.strip()}' is a {kind[:-1]} URL; {hint}. {example}",
             setting=setting)
     name = segments[1]
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"{setting}: '{name}' is not a Key Vault object name (1-127 letters, digits and "
             f"hyphens). {example}", setting=setting)
     version = segments[2] if len(segments) == 3 else None
-    if version is not None and not _VERSION_RE.match(version):
+    if version is not None and not _VERSION_RE.fullmatch(version):
         raise ConfigError(
             f"{setting}: '{version}' is not a Key Vault version id (32 hex digits); leave "
             f"it out for the current version. {example}", setting=setting)
@@ -280,8 +280,9 @@ class KeyVaultAccess:
 def _error_codes(exc: HttpResponseError) -> tuple[str, str]:
     """(error code, inner error code) of a Key Vault error answer; '' when absent."""
     try:
-        body = json.loads(exc.response.text()) if exc.response is not None else {}
-    except (ValueError, TypeError):  # a non-JSON error body just has no codes
+        body = (load_json(exc.response.text(), max_bytes=64 * 1024)
+                if exc.response is not None else {})
+    except (ValueError, TypeError):  # a non-JSON (or huge, deep) error body has no codes
         return "", ""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
@@ -668,7 +669,7 @@ def import_certificate(
         raise ConfigError(
             f"{setting}: '{vault_url}' must be the vault URL alone, without a path. "
             f"Example: {_EXAMPLE_VAULT}", setting=setting)
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"--name: '{name}' is not a Key Vault certificate name (1-127 letters, digits and "
             "hyphens). Example: infrabackup.", setting="--name")
@@ -717,7 +718,7 @@ def keygen_to_vault(
     upload (Key Vault keeps it without that password); nothing is written to disk.
     """
     parse_vault_url(vault_url.rstrip("/"), "--key-vault")  # fail before the slow keygen
-    if not _OBJECT_NAME_RE.match(name):
+    if not _OBJECT_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"--name: '{name}' is not a Key Vault certificate name (1-127 letters, digits and "
             "hyphens). Example: infrabackup.", setting="--name")

@@ -16,13 +16,19 @@ import uuid
 from dataclasses import dataclass
 
 from shared.errors import ConfigError
+from shared.inputs import quote
 from shared.share.base import join
 
 MASBACKUP = "MASBackup"
 MANIFEST = "manifest.json"
 LOCK_FILE = "infrabackup.lock"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-TIMESTAMP_RE = re.compile(r"^\d{8}T\d{6}Z$")
+# ASCII digits, matched whole: \d takes any Unicode digit and $ a final newline, which
+# strptime then refuses with a ValueError.
+TIMESTAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z", re.ASCII)
+#: A GUID as ids are written (hyphens optional): uuid.UUID alone also takes Unicode
+#: digits and underscores (int(..., 16) does), so "4_5" would name another backup.
+_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}", re.ASCII)
 
 
 def format_timestamp(when: dt.datetime) -> str:
@@ -30,28 +36,25 @@ def format_timestamp(when: dt.datetime) -> str:
 
 
 def parse_timestamp(text: str) -> dt.datetime | None:
-    if not TIMESTAMP_RE.match(text):
+    if not TIMESTAMP_RE.fullmatch(text):
         return None
     return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
 
 
 def parse_backup_id(text: str) -> str:
     """The canonical (lowercase, hyphenated) form of a backup id; ConfigError if not a GUID."""
-    try:
-        return str(uuid.UUID(text.strip().strip("{}")))
-    except (ValueError, AttributeError):
-        raise ConfigError(
-            f"'{text}' is not a backup id: backup ids are GUIDs, e.g. "
-            "3f2b8c1e-4d5a-4b6c-9e7f-0a1b2c3d4e5f ('infrabackup list' shows them)."
-        ) from None
+    bare = text.strip().strip("{}") if isinstance(text, str) else ""
+    if _GUID_RE.fullmatch(bare):
+        return str(uuid.UUID(bare))
+    raise ConfigError(
+        f"{quote(text)} is not a backup id: backup ids are GUIDs, e.g. "
+        "3f2b8c1e-4d5a-4b6c-9e7f-0a1b2c3d4e5f ('infrabackup list' shows them)."
+    )
 
 
 def backup_id_or_none(text: str) -> str | None:
     """The canonical backup id if ``text`` is one, else None (for scanning folders)."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
+    return str(uuid.UUID(text)) if _GUID_RE.fullmatch(text) else None
 
 
 @dataclass(frozen=True)

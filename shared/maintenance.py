@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import ConfigError, RefusedError
+from shared.inputs import load_json
 from shared.layout import StampLayout
 from shared.settings import Settings
 from shared.share.base import Share, join
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 OPERATIONS = ("update", "fru")
 MAINTENANCE_FILE = "infrabackup-maintenance.json"
+#: The window file is a few hundred bytes; a larger one is damaged (read as unreadable).
+MAX_STATE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,14 @@ class ShareMaintenanceStore:
         self.layout = layout
 
     def current(self) -> MaintenanceWindow | None:
-        if self.share.stat(self.path) is None:
+        entry = self.share.stat(self.path)
+        if entry is None:
             return None
-        raw = b"".join(self.share.read_stream(self.path))
         try:
-            return MaintenanceWindow.from_dict(json.loads(raw.decode()))
+            if entry.size > MAX_STATE_BYTES:  # not ours: never read a huge file whole
+                raise ValueError("too large")
+            raw = b"".join(self.share.read_stream(self.path))
+            return MaintenanceWindow.from_dict(load_json(raw, max_bytes=MAX_STATE_BYTES))
         except (ValueError, KeyError, TypeError):
             # A damaged state file must not silently re-enable backups mid-update.
             return MaintenanceWindow("unknown", dt.datetime.now(dt.UTC),

@@ -11,19 +11,34 @@ Secrets (the share password, the legacy key, the PFX password) are held in
 
 from __future__ import annotations
 
+import errno
 import ipaddress
-import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import ConfigError
+from shared.inputs import (
+    JsonInputError,
+    ascii_decimal,
+    ascii_int,
+    load_json,
+    path_problem,
+    quote,
+)
+from shared.ncrontab import parse_schedule
 
-#: Component and OEM folder names: safe on Windows and POSIX shares alike.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DNS_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+#: Component and OEM folder names: safe on Windows and POSIX shares alike. Matched whole
+#: (``fullmatch``: ``$`` would let a final newline through) and ASCII only.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+# No IGNORECASE: with it, 'ſ' matches 's' and 'K' (Kelvin) matches 'k'. DNS names here
+# are ASCII (an internationalised name is given in its xn-- form).
+_DNS_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+#: An app setting a source names (its connection or credentials): what App Service allows.
+SETTING_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}", re.ASCII)
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {
     f"LPT{i}" for i in range(1, 10)
 }
@@ -32,6 +47,15 @@ SOURCE_TYPES = ("directory", "smb", "blob")
 SOURCE_SCOPES = ("backup", "region")
 COMPRESSIONS = ("none", "zstd")
 DEFAULT_SCHEDULE = "0 0 */12 * * *"
+#: What the service keeps beside MASBackup in the region folder, where region-scoped
+#: sources are stored too (shared.layout.MASBACKUP, LOCK_FILE, shared.maintenance's
+#: file): a source named so would mix its data with them. Compared ignoring case, as
+#: shares are case-insensitive; every name starting "infrabackup" is the service's.
+RESERVED_REGION_NAMES = frozenset({"masbackup"})
+RESERVED_REGION_PREFIX = "infrabackup"
+#: BACKUP_SOURCES (inline or @file) and local.settings.json: far larger than any real one.
+MAX_SOURCES_BYTES = 1024 * 1024
+MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
 
 
 class Secret:
@@ -191,22 +215,47 @@ ALL_SETTINGS = (
 
 def read_settings_file(path: str | Path) -> dict[str, str]:
     """The ``Values`` object of a local.settings.json file, as strings."""
+    example = 'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
+    problem = path_problem(str(path))
+    if problem:
+        raise ConfigError(f"--settings: {quote(path)} cannot be a file name: {problem}.",
+                          setting="--settings")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = read_text_file(Path(path), MAX_SETTINGS_FILE_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"--settings: file {path} does not exist.") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"--settings: {path} is not readable JSON ({exc.__class__.__name__}). "
-            'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
-        ) from None
+        raise ConfigError(f"--settings: file {path} does not exist.",
+                          setting="--settings") from None
+    except OSError as exc:
+        raise ConfigError(f"--settings: cannot read {path} ({exc.strerror or exc}).",
+                          setting="--settings") from None
+    try:
+        data = load_json(text, max_bytes=MAX_SETTINGS_FILE_BYTES)
+    except JsonInputError as exc:
+        raise ConfigError(f"--settings: {path} is not usable: {exc}. {example}",
+                          setting="--settings") from None
     values = data.get("Values") if isinstance(data, dict) else None
     if not isinstance(values, dict):
-        raise ConfigError(
-            f"--settings: {path} has no \"Values\" object. "
-            'Example: {"IsEncrypted": false, "Values": {"BACKUP_SHARE_PATH": "/srv/backups"}}'
-        )
+        raise ConfigError(f"--settings: {path} has no \"Values\" object. {example}",
+                          setting="--settings")
     return {str(k): "" if v is None else str(v) for k, v in values.items()}
+
+
+def read_text_file(path: Path, max_bytes: int) -> str:
+    """A small UTF-8 text file named by a setting; OSError (with ``strerror``) when it
+    is not a regular file, larger than ``max_bytes`` or not UTF-8 — never a hang on a
+    FIFO or a device, never a whole binary read into memory."""
+    st = path.stat()  # follows symlinks: a link to a regular file is fine
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OSError(errno.EILSEQ, f"not UTF-8 text (byte {exc.start}); a binary file?"
+                      ) from None
 
 
 def load_settings(
@@ -216,7 +265,9 @@ def load_settings(
 
     Values in ``settings_file`` (a local.settings.json) win over the environment for
     the names they set: an explicit ``--settings`` is what the operator asked for.
-    Raises ConfigError listing every bad setting; nothing has been touched by then.
+    Raises ConfigError listing every bad setting; nothing has been touched by then
+    (reading ``@file`` sources is all it does outside the process). Never raises
+    anything else, whatever the values hold.
     """
     env = dict(os.environ if environ is None else environ)
     if settings_file is not None:
@@ -237,29 +288,31 @@ def load_settings(
     timeout = _parse_float(
         get("BACKUP_SHARE_TIMEOUT_SECONDS"), "BACKUP_SHARE_TIMEOUT_SECONDS", 60.0, 1, 3600, problems
     )
-    domain = get("BACKUP_EXTERNAL_DOMAIN").lower() or None
+    # Checked before lowercasing: str.lower() maps look-alikes such as the Kelvin sign to
+    # ASCII, which would put the backups in another stamp's folder without a word.
+    domain = get("BACKUP_EXTERNAL_DOMAIN") or None
     if domain is not None and not _is_dns_name(domain):
         problems.append(
-            f"BACKUP_EXTERNAL_DOMAIN: '{domain}' is not a DNS name (labels of letters, digits "
-            "and hyphens, separated by dots). Example: contoso.com."
+            f"BACKUP_EXTERNAL_DOMAIN: {quote(domain)} is not a DNS name (labels of ASCII "
+            "letters, digits and hyphens, separated by dots). Example: contoso.com."
         )
-    region = get("BACKUP_REGION").lower() or None
-    if region is not None and not _DNS_LABEL_RE.match(region):
+    region = get("BACKUP_REGION") or None
+    if region is not None and not _DNS_LABEL_RE.fullmatch(region):
         problems.append(
-            f"BACKUP_REGION: '{region}' is not a DNS label (letters, digits and hyphens, at "
-            "most 63). Example: nyc."
+            f"BACKUP_REGION: {quote(region)} is not a DNS label (ASCII letters, digits and "
+            "hyphens, at most 63). Example: nyc."
         )
     scale_unit = get("BACKUP_SCALE_UNIT") or None
     if scale_unit is not None and not is_safe_name(scale_unit):
         problems.append(
-            f"BACKUP_SCALE_UNIT: '{scale_unit}' is not a safe folder name (letters, digits, "
-            "'.', '_' and '-', at most 64). Example: s-cluster01."
+            f"BACKUP_SCALE_UNIT: {quote(scale_unit)} is not a safe folder name (ASCII "
+            "letters, digits, '.', '_' and '-', at most 64). Example: s-cluster01."
         )
     compression = get("BACKUP_COMPRESSION").lower() or "none"
     if compression not in COMPRESSIONS:
         problems.append(
-            f"BACKUP_COMPRESSION: '{compression}' is not one of {', '.join(COMPRESSIONS)}. "
-            "Example: none."
+            f"BACKUP_COMPRESSION: {quote(compression)} is not one of "
+            f"{', '.join(COMPRESSIONS)}. Example: none."
         )
     parallel = _parse_int(
         get("BACKUP_PARALLEL_COMPONENTS"), "BACKUP_PARALLEL_COMPONENTS", 2, 1, 8, "2", problems
@@ -271,11 +324,10 @@ def load_settings(
         get("BACKUP_SCHEDULER_ENABLED"), "BACKUP_SCHEDULER_ENABLED", True, problems
     )
     schedule = get("BACKUP_SCHEDULE") or DEFAULT_SCHEDULE
-    if len(schedule.split()) != 6:
-        problems.append(
-            f"BACKUP_SCHEDULE: '{schedule}' is not an NCRONTAB expression of six fields "
-            "(second minute hour day month weekday). Example: 0 0 */12 * * *."
-        )
+    try:
+        parse_schedule(schedule)
+    except ConfigError as exc:
+        problems.append(exc.message)  # "BACKUP_SCHEDULE: ... Example: ..."
     stamp_version = get("BACKUP_STAMP_VERSION") or None
     if stamp_version is not None:
         from shared.versions import parse_version  # local: versions imports errors only
@@ -284,9 +336,15 @@ def load_settings(
             parse_version(stamp_version)
         except ConfigError as exc:
             problems.append(f"BACKUP_STAMP_VERSION: {exc.message}")
+    for cert_setting, cert_example in (
+        ("BACKUP_ENCRYPTION_CERT", "/etc/infrabackup/backup.cer"),
+        ("BACKUP_DECRYPTION_CERT", "/secure/backup.pfx"),
+    ):
+        _check_file_setting(get(cert_setting), cert_setting, cert_example, problems)
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
     _check_source_settings(sources, env, problems)
+    _check_storage_setting(env, problems)
 
     if problems:
         raise ConfigError(_join(problems), setting=problems[0].split(":", 1)[0])
@@ -297,8 +355,8 @@ def load_settings(
         share_timeout_seconds=timeout,
         share_username=get("BACKUP_SHARE_USERNAME") or None,
         share_password=_secret(env.get("BACKUP_SHARE_PASSWORD")),
-        external_domain=domain,
-        region=region,
+        external_domain=domain.lower() if domain else None,
+        region=region.lower() if region else None,
         scale_unit=scale_unit,
         encryption_cert=get("BACKUP_ENCRYPTION_CERT") or None,
         encryption_key=_secret(encryption_key),
@@ -317,10 +375,17 @@ def load_settings(
     )
 
 
+#: Problems listed in one message; a sources list of thousands of bad entries is cut.
+MAX_PROBLEMS_SHOWN = 20
+
+
 def _join(problems: list[str]) -> str:
     if len(problems) == 1:
         return problems[0]
-    return f"{len(problems)} settings are wrong:\n" + "\n".join(f"  - {p}" for p in problems)
+    shown = [f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"  - ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+    return f"{len(problems)} settings are wrong:\n" + "\n".join(shown)
 
 
 def _secret(value: str | None) -> Secret | None:
@@ -330,13 +395,13 @@ def _secret(value: str | None) -> Secret | None:
 def _is_dns_name(name: str) -> bool:
     if len(name) > 253:
         return False
-    return all(_DNS_LABEL_RE.match(label) for label in name.split("."))
+    return all(_DNS_LABEL_RE.fullmatch(label) for label in name.split("."))
 
 
 def is_safe_name(name: str) -> bool:
     """A single path component that is valid and harmless on Windows and POSIX (component,
     OEM and file names; ids and names from requests)."""
-    if not NAME_RE.match(name) or name.endswith("."):
+    if not NAME_RE.fullmatch(name) or name.endswith("."):
         return False
     return name.split(".")[0].upper() not in _WINDOWS_RESERVED
 
@@ -351,29 +416,39 @@ def _parse_host(host: str) -> str | None:
         pass
     if "." not in host:
         return (
-            f"host '{host}' is a bare NetBIOS name; the share must be named by a fully "
+            f"host {quote(host)} is a bare NetBIOS name; the share must be named by a fully "
             "qualified domain name (or an IP address when name resolution is not possible)"
         )
     if not _is_dns_name(host):
-        return f"host '{host}' is not a valid DNS name"
+        return f"host {quote(host)} is not a valid DNS name"
     return None
+
+
+#: Windows refuses longer share names.
+MAX_SHARE_NAME = 80
 
 
 def parse_unc(value: str) -> UncPath:
     """Parse ``\\\\host\\share[\\folder...]`` (forward slashes accepted); ConfigError if bad."""
     example = r"Example: \\fileserver01.contoso.com\AzSBackups"
+    problem = path_problem(value)
+    if problem:
+        raise ConfigError(f"{quote(value)} cannot be a UNC path: {problem}. {example}")
     parts = [p for p in re.split(r"[\\/]", value[2:]) if p]
     if len(parts) < 2:
         raise ConfigError(
-            f"'{value}' names no share: a UNC path is \\\\host\\share[\\folder]. {example}"
+            f"{quote(value)} names no share: a UNC path is \\\\host\\share[\\folder]. {example}"
         )
     host, share, *folders = parts
     reason = _parse_host(host)
     if reason:
         raise ConfigError(f"{reason}. {example} or \\\\192.0.2.10\\AzSBackups")
+    if len(share) > MAX_SHARE_NAME:
+        raise ConfigError(f"the share name {quote(share, 40)} has {len(share)} characters; "
+                          f"a share name has at most {MAX_SHARE_NAME}. {example}")
     for part in (share, *folders):
-        if part in (".", "..") or any(c in part for c in '<>:"|?*') or "\0" in part:
-            raise ConfigError(f"'{part}' is not a valid share or folder name. {example}")
+        if part in (".", "..") or any(c in part for c in '<>:"|?*'):
+            raise ConfigError(f"{quote(part)} is not a valid share or folder name. {example}")
     return UncPath(host=host.strip("[]").lower(), share=share, folders=tuple(folders))
 
 
@@ -388,11 +463,30 @@ def _parse_share_path(value: str, problems: list[str]) -> UncPath | Path | None:
             return None
     if value.startswith("\\"):
         problems.append(
-            f"BACKUP_SHARE_PATH: '{value}' starts with one backslash; a UNC path starts with "
-            r"two. Example: \\fileserver01.contoso.com\AzSBackups"
+            f"BACKUP_SHARE_PATH: {quote(value)} starts with one backslash; a UNC path starts "
+            r"with two. Example: \\fileserver01.contoso.com\AzSBackups"
         )
         return None
-    return Path(value).expanduser().absolute()
+    problem = path_problem(value)
+    if problem is None:
+        local = Path(value).expanduser().absolute()
+        problem = path_problem(str(local))  # a relative path grows by the working folder
+        if problem is None:
+            return local
+    problems.append(f"BACKUP_SHARE_PATH: {quote(value)} cannot be used: {problem}. "
+                    r"Example: /srv/backups, or \\fileserver01.contoso.com\AzSBackups")
+    return None
+
+
+def _check_file_setting(value: str, name: str, example: str, problems: list[str]) -> None:
+    """A setting that names a local file or a Key Vault URL: the file name must be one
+    the file system can open (checked before anything is written; read when used)."""
+    if not value or value.lower().startswith(("https://", "http://")):
+        return
+    problem = path_problem(value)
+    if problem:
+        problems.append(f"{name}: {quote(value)} cannot be a file name: {problem}. "
+                        f"Example: {example}, or a Key Vault URL.")
 
 
 def _parse_int(
@@ -400,10 +494,10 @@ def _parse_int(
 ) -> int:
     if not value:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        problems.append(f"{name}: '{value}' is not a whole number. Example: {example}.")
+    number = ascii_int(value)
+    if number is None:
+        problems.append(f"{name}: {quote(value)} is not a whole number (ASCII digits 0-9). "
+                        f"Example: {example}.")
         return default
     if not low <= number <= high:
         problems.append(
@@ -417,13 +511,14 @@ def _parse_float(
 ) -> float:
     if not value:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        problems.append(f"{name}: '{value}' is not a number of seconds. Example: 60.")
+    number = ascii_decimal(value)
+    if number is None:
+        problems.append(f"{name}: {quote(value)} is not a number of seconds (ASCII digits, "
+                        "an optional decimal point). Example: 60.")
         return default
     if not low <= number <= high:
         problems.append(f"{name}: {value} is outside {low:g}-{high:g} seconds. Example: 60.")
+        return default
     return number
 
 
@@ -435,7 +530,7 @@ def _parse_bool(value: str, name: str, default: bool, problems: list[str]) -> bo
         return True
     if lowered in ("false", "0", "no"):
         return False
-    problems.append(f"{name}: '{value}' is not true or false. Example: true.")
+    problems.append(f"{name}: {quote(value)} is not true or false. Example: true.")
     return default
 
 
@@ -444,19 +539,32 @@ def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
     example = 'Example: [{"name": "ACS", "type": "directory", "path": "/data/acs"}].'
     if not value:
         return ()
+    what = "the value"
     if value.startswith("@"):
+        file_name = value[1:]
+        what = f"the file {quote(file_name)}"
+        problem = path_problem(file_name)
+        if problem:
+            problems.append(f"{name}: {quote(file_name)} cannot be a file name: {problem}. "
+                            f"Example: @/etc/infrabackup/sources.json.")
+            return ()
         try:
-            value = Path(value[1:]).expanduser().read_text(encoding="utf-8")
+            value = read_text_file(Path(file_name).expanduser(), MAX_SOURCES_BYTES)
         except OSError as exc:
-            problems.append(f"{name}: cannot read {value[1:]} ({exc.strerror}). {example}")
+            problems.append(f"{name}: cannot read {quote(file_name)} "
+                            f"({exc.strerror or exc}). {example}")
             return ()
     try:
-        data = json.loads(value)
-    except ValueError as exc:
-        problems.append(f"{name}: not valid JSON ({exc}). {example}")
+        data = load_json(value, max_bytes=MAX_SOURCES_BYTES)
+    except JsonInputError as exc:
+        problems.append(f"{name}: {what} is not usable: {exc}. {example}")
         return ()
     if not isinstance(data, list):
         problems.append(f"{name}: must be a JSON array of sources. {example}")
+        return ()
+    if not data:
+        problems.append(f"{name}: the array is empty, so a backup would hold nothing. List "
+                        f"at least one source. {example}")
         return ()
     specs: list[SourceSpec] = []
     seen: dict[str, str] = {}
@@ -494,7 +602,7 @@ def _parse_source(
     unknown = sorted(set(item) - _SOURCE_FIELDS)
     if unknown:
         problems.append(
-            f"{where}: unknown field(s) {', '.join(unknown)}; known: "
+            f"{where}: unknown field(s) {', '.join(quote(k, 40) for k in unknown[:5])}; known: "
             f"{', '.join(sorted(_SOURCE_FIELDS))}."
         )
     for key, val in item.items():
@@ -509,26 +617,43 @@ def _parse_source(
             problems.append(f"{where}.{key}: must be a string.")
     if len(problems) and problems[-1].startswith(where + "."):
         return None
+    for key in ("connection", "usernameSetting", "passwordSetting"):
+        if item.get(key) and not SETTING_NAME_RE.fullmatch(item[key]):
+            problems.append(
+                f"{where}.{key}: {quote(item[key])} is not an app setting name (ASCII letters, "
+                "digits, '_' and '.', starting with a letter or '_'). Example: HLH_SHARE_PASSWORD.")
+            return None
     src_name = item.get("name", "")
     if not src_name:
         problems.append(f"{where}.name: missing. {example}")
         return None
     if not is_safe_name(src_name):
         problems.append(
-            f"{where}.name: '{src_name}' is not a safe component name (1-64 letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit, not a reserved device name). "
-            "Example: ACS."
+            f"{where}.name: {quote(src_name)} is not a safe component name (1-64 ASCII "
+            "letters, digits, '.', '_' or '-', starting with a letter or digit, not a reserved "
+            "device name). Example: ACS."
         )
         return None
     src_type = item.get("type", "directory")
     if src_type not in SOURCE_TYPES:
         problems.append(
-            f"{where}.type: '{src_type}' is not one of {', '.join(SOURCE_TYPES)}. {example}"
+            f"{where}.type: {quote(src_type)} is not one of {', '.join(SOURCE_TYPES)}. "
+            f"{example}"
         )
         return None
     scope = item.get("scope", "backup")
     if scope not in SOURCE_SCOPES:
-        problems.append(f"{where}.scope: '{scope}' is not backup or region. Example: region.")
+        problems.append(f"{where}.scope: {quote(scope)} is not backup or region. Example: "
+                        "region.")
+        return None
+    lowered = src_name.lower()
+    if scope == "region" and (lowered in RESERVED_REGION_NAMES
+                              or lowered.startswith(RESERVED_REGION_PREFIX)):
+        problems.append(
+            f"{where}.name: {quote(src_name)} is the name of the service's own files beside "
+            "MASBackup in the region folder (MASBackup, and every name starting "
+            f"'{RESERVED_REGION_PREFIX}', ignoring case); a region-scoped source needs "
+            "another name. Example: HLH.")
         return None
     if src_type in ("directory", "smb") and not item.get("path"):
         problems.append(f"{where}.path: missing for a {src_type} source. {example}")
@@ -538,6 +663,12 @@ def _parse_source(
             parse_unc(item["path"])
         except ConfigError as exc:
             problems.append(f"{where}.path: {exc.message}")
+            return None
+    elif src_type == "directory":
+        problem = path_problem(item["path"])
+        if problem:
+            problems.append(f"{where}.path: {quote(item['path'])} cannot be a folder path: "
+                            f"{problem}. {example}")
             return None
     if src_type == "smb" and bool(item.get("usernameSetting")) != bool(
         item.get("passwordSetting")
@@ -610,3 +741,15 @@ def _check_source_settings(
                 f"identity. Example: {spec.connection}__blobServiceUri="
                 "https://contosokv.blob.core.windows.net."
             )
+
+
+def _check_storage_setting(env: Mapping[str, str], problems: list[str]) -> None:
+    """``AzureWebJobsStorage``, when set as a connection string, must be one the Azure SDK
+    can use (the value is never shown: it holds the account key)."""
+    from shared.storage import SETTING, StorageAccount  # local: storage imports layout
+
+    if env.get(SETTING, "").strip():
+        try:
+            StorageAccount.from_environ(env)
+        except ConfigError as exc:
+            problems.append(exc.message)

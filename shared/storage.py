@@ -119,6 +119,53 @@ def _reason(exc: BaseException) -> str:
 
 _SAS_SIGNATURE = re.compile(r"(?i)(\bsig=)[^&\s'\"]+")
 
+#: What a connection string may look like, for messages (never the value: it holds a key).
+CONNECTION_EXAMPLE = ("UseDevelopmentStorage=true (Azurite), or DefaultEndpointsProtocol=https;"
+                      "AccountName=<account>;AccountKey=<base64 key>;EndpointSuffix="
+                      "core.windows.net")
+
+
+def connection_string_problem(value: str, services: tuple[str, ...]) -> str | None:
+    """Why ``value`` is not a storage connection string the Azure SDK can use for
+    ``services`` (``queue``, ``table``), or None: its form only (``Name=value`` pairs,
+    credentials, endpoints for every service).
+
+    The SDK's own parser raises a bare ValueError; checking here turns that into a
+    setting error before anything runs. The reason never quotes the value: it may hold
+    an account key.
+    """
+    text = value.strip()
+    segments = [segment.split("=", 1) for segment in text.rstrip(";").split(";")]
+    if any(len(pair) != 2 or not all(pair) for pair in segments):
+        return "it is not a list of Name=value pairs separated by ';'"
+    pairs: dict[str, str] = {}
+    for key, val in segments:
+        if key.lower() in pairs:
+            return f"it names {key} twice"
+        pairs[key.lower()] = val
+    if "usedevelopmentstorage" in pairs:
+        # The table SDK recognises only this exact text (no other pairs, no ';').
+        if text.lower() != "usedevelopmentstorage=true" or pairs["usedevelopmentstorage"] != "true":
+            return "UseDevelopmentStorage=true must be the whole value"
+        return None
+    # A key that is wrong (even not base64) is the account's answer to give: the SDK
+    # reports it as an authentication failure, which names the setting and its alert.
+    if "accountkey" in pairs:
+        if "accountname" not in pairs:
+            return "it has an AccountKey but no AccountName"
+    elif "sharedaccesssignature" not in pairs:
+        return "it has neither AccountName and AccountKey nor a SharedAccessSignature"
+    protocol = pairs.get("defaultendpointsprotocol")
+    if protocol is not None and protocol.lower() not in ("http", "https"):
+        return "its DefaultEndpointsProtocol is neither https nor http"
+    for service in services:
+        endpoint = pairs.get(f"{service}endpoint")
+        if endpoint is None and "accountname" not in pairs:
+            return f"it names neither an AccountName nor a {service.capitalize()}Endpoint"
+        if endpoint is not None and not endpoint.lower().startswith(("https://", "http://")):
+            return f"its {service.capitalize()}Endpoint is not an http(s) URL"
+    return None
+
 
 @dataclass(frozen=True)
 class StorageAccount:
@@ -143,9 +190,14 @@ class StorageAccount:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> StorageAccount:
-        """Read the settings; ConfigError naming ``AzureWebJobsStorage`` when absent."""
+        """Read the settings; ConfigError naming ``AzureWebJobsStorage`` when absent or
+        not a usable connection string."""
         conn = environ.get(SETTING, "").strip()
         if conn:
+            problem = connection_string_problem(conn, ("queue", "table"))
+            if problem:
+                raise ConfigError(f"{SETTING}: not a storage connection string: {problem}. "
+                                  f"Example: {CONNECTION_EXAMPLE}.", setting=SETTING)
             return cls(connection_string=conn)
         prefix = f"{SETTING}__"
         account = environ.get(prefix + "accountName", "").strip()
@@ -180,7 +232,8 @@ class StorageAccount:
         from azure.data.tables import TableServiceClient
 
         if self.connection_string:
-            service = TableServiceClient.from_connection_string(self.connection_string)
+            with _refused_connection_string():
+                service = TableServiceClient.from_connection_string(self.connection_string)
         else:
             assert self.table_url
             service = TableServiceClient(self.table_url, credential=self._credential())
@@ -204,9 +257,10 @@ class StorageAccount:
 
         encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
         if self.connection_string:
-            client = QueueClient.from_connection_string(
-                self.connection_string, name, message_encode_policy=encode,
-                message_decode_policy=decode)
+            with _refused_connection_string():
+                client = QueueClient.from_connection_string(
+                    self.connection_string, name, message_encode_policy=encode,
+                    message_decode_policy=decode)
         else:
             assert self.queue_url
             client = QueueClient(self.queue_url, name, credential=self._credential(),
@@ -218,3 +272,14 @@ class StorageAccount:
                 client.create_queue()
             _created.add(key)
         return client
+
+
+@contextlib.contextmanager
+def _refused_connection_string() -> Iterator[None]:
+    """The SDK's ValueError for a connection string it cannot parse, as the setting error
+    (:func:`connection_string_problem` catches the known forms first; this is the rest)."""
+    try:
+        yield
+    except ValueError:
+        raise ConfigError(f"{SETTING}: the Azure SDK refused the connection string. Example: "
+                          f"{CONNECTION_EXAMPLE}.", setting=SETTING) from None

@@ -15,8 +15,10 @@ import re
 from dataclasses import dataclass
 
 from shared.errors import ConfigError, RefusedError
+from shared.inputs import quote
 
-_VERSION_RE = re.compile(r"^(\d{1,4})\.(\d{1,6})(?:\.(\d{1,9}))?(?:\.(\d{1,9}))?$")
+# [0-9], not \d (any Unicode digit), and fullmatch, not $ (which allows a final newline).
+_VERSION_RE = re.compile(r"([0-9]{1,4})\.([0-9]{1,6})(?:\.([0-9]{1,9}))?(?:\.([0-9]{1,9}))?")
 
 #: Azure Stack Hub releases in order (1.YYMM). Used only to count releases in a gap.
 KNOWN_RELEASES: tuple[tuple[int, int], ...] = tuple(
@@ -45,10 +47,10 @@ class StampVersion:
 
 def parse_version(text: str) -> StampVersion:
     """Parse a stamp version; ConfigError with an example when it is not one."""
-    match = _VERSION_RE.match(text.strip())
+    match = _VERSION_RE.fullmatch(text.strip())
     if not match:
         raise ConfigError(
-            f"'{text}' is not a stamp version MAJOR.RELEASE[.BUILD[.REVISION]]. "
+            f"{quote(text)} is not a stamp version MAJOR.RELEASE[.BUILD[.REVISION]]. "
             "Example: 1.2408.1.50."
         )
     parts = [int(p) if p is not None else 0 for p in match.groups()]

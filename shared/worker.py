@@ -242,17 +242,27 @@ def _record_failure(services: AppServices, jobs: JobStore, backup_id: str,
 
 
 def _record_malformed(services: AppServices, body: bytes, message_id: str, why: str) -> str:
-    """A message that is not a job: a Failed record (never a silent loss)."""
+    """A message that is not a job: a Failed record (never a silent loss).
+
+    The record is the job the message names when it can be read and that job is still
+    Queued (its message was damaged: it must end and free the stamp); a job that runs or
+    ended keeps its record, and the message gets a Failed record of its own.
+    """
     salvaged_id, stamp = salvage(body)
-    backup_id = salvaged_id or str(uuid.uuid4())
     jobs = services.jobs_of(stamp) if stamp else services.jobs
+    named = jobs.get(salvaged_id) if salvaged_id else None
+    if named is not None and named.get("status") != "Queued":
+        salvaged_id = None
+    backup_id = salvaged_id or str(uuid.uuid4())
     log.error("queue message %s is not a backup job (%s); recorded as failed job %s",
               message_id, why, backup_id)
     error = GeneralFault(
         f"Queue message {message_id} is not a backup job ({why}); it was not run. Queue "
         "backups with POST /api/backups.")
-    if jobs.get(backup_id) is None:
+    if named is None or backup_id != salvaged_id:
         jobs.create(backup_id, status="Queued", trigger="unknown", messageId=message_id)
+    else:
+        jobs.update(backup_id, messageId=message_id)
     _record_failure(services, jobs, backup_id, error)
     services.claim_of(jobs.stamp).release(backup_id)
     return "Failed"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shared.errors import PathError
+from shared.inputs import load_json
 
 #: Temporary files written by ``write_stream`` carry this marker until renamed; prune
 #: and failed-backup clean-up recognise them by it.
@@ -118,9 +119,9 @@ def lock_info(holder: str) -> bytes:
 def held_message(raw: bytes) -> str:
     """The LockHeldError message for what a lock file says about its holder."""
     try:
-        info = json.loads(raw.decode())
+        info = load_json(raw, max_bytes=4096)
         who = f"{info['holder']} on {info['host']} (pid {info['pid']}) since {info['since']}"
-    except (ValueError, KeyError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):  # a damaged lock file still means "held"
         who = "another process"
     return (
         f"Another backup of this stamp is running: the share lock is held by {who}. "
