@@ -109,6 +109,7 @@ class Settings:
     compression: str = "none"
     parallel_components: int = 2
     stamp_version: str | None = None
+    stale_after_hours: int | None = None  # None: derived from the schedule (shared.staleness)
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -184,6 +185,7 @@ ALL_SETTINGS = (
     "BACKUP_COMPRESSION",
     "BACKUP_PARALLEL_COMPONENTS",
     "BACKUP_STAMP_VERSION",
+    "BACKUP_STALE_AFTER_HOURS",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "AzureWebJobsStorage",
 )
@@ -284,6 +286,7 @@ def load_settings(
             parse_version(stamp_version)
         except ConfigError as exc:
             problems.append(f"BACKUP_STAMP_VERSION: {exc.message}")
+    stale_after = _parse_stale_after(get("BACKUP_STALE_AFTER_HOURS"), schedule, problems)
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
     _check_source_settings(sources, env, problems)
@@ -311,6 +314,7 @@ def load_settings(
         compression=compression,
         parallel_components=parallel,
         stamp_version=stamp_version,
+        stale_after_hours=stale_after,
         appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
         webjobs_storage=_secret(env.get("AzureWebJobsStorage")),
         raw={**raw_all, **raw},
@@ -410,6 +414,23 @@ def _parse_int(
             f"{name}: {number} is outside {low}-{high}. Example: {example}."
         )
     return number
+
+
+def _parse_stale_after(value: str, schedule: str, problems: list[str]) -> int | None:
+    """BACKUP_STALE_AFTER_HOURS: unset (derived from the schedule), or whole hours that fit
+    the schedule (shared.staleness says why and how)."""
+    if not value:
+        return None
+    from shared.staleness import MAX_STALE_AFTER_HOURS, check_setting  # local: it imports us
+
+    before = len(problems)
+    hours = _parse_int(value, "BACKUP_STALE_AFTER_HOURS", 0, 1, MAX_STALE_AFTER_HOURS, "25",
+                       problems)
+    if len(problems) == before:
+        why = check_setting(hours, schedule)
+        if why:
+            problems.append(why)
+    return hours
 
 
 def _parse_float(
