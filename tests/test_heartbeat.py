@@ -42,7 +42,7 @@ from shared.telemetry import (
     AzureMonitorTelemetry,
 )
 from tests.helpers import Keys, make_keys, make_stamp, write_random
-from tests.kusto import analyse, language_service_available, rule_query
+from tests.kusto import analyse, rule_query
 from tests.kusto.evaluator import parse_datetime
 from tests.kusto.monitor import Event, Rule
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
@@ -217,8 +217,6 @@ def test_the_configuration_answer_shows_freshness_and_the_sixth_alert(app: App) 
     assert after["lastSuccessfulBackupUtc"] == record["completedUtc"]
 
 
-@pytest.mark.skipif(language_service_available() is not None,
-                    reason=str(language_service_available()))
 def test_the_rules_over_what_the_exporter_sent(app: App, tmp_path: Path) -> None:
     """Recorded, not made up: the events this app really sent, through the real queries."""
     mark = app.ingestion.mark()

@@ -10,7 +10,9 @@ and the scalar functions below — and raises :class:`Unsupported` on anything e
 query that grows past it fails its test instead of being half-evaluated.
 
 Values: ``str``, ``int``, ``float``, ``bool``, ``datetime`` (UTC), ``timedelta``, dicts and
-lists (``dynamic``), and ``None`` for null. Null follows Kusto: it propagates through
+lists (``dynamic``), and ``None`` for null — also for a string a ``lookup`` or ``union``
+leaves missing, where Kusto gives ``""``; the queries test strings with ``isempty`` and
+``isnotempty``, which agree on both. Null follows Kusto: it propagates through
 arithmetic and comparisons, ``where`` drops a row whose predicate is null, ``and``/``or``
 are three-valued, aggregates skip nulls. Where Kusto's handling of a null is not something
 to rely on (the predicate of ``iff``/``case``, an argument of ``max_of``), the evaluator
