@@ -6,7 +6,7 @@ worker, never in an HTTP request: the timer and ``POST /api/backups`` only queue
 
 import azure.functions as func
 
-from shared import api, openapi, scheduler, worker
+from shared import api, heartbeat, openapi, worker
 from shared.allocator import tune_allocator
 from shared.app_logging import quiet_sdk_logging
 from shared.app_services import AppServices, configure_app_telemetry
@@ -27,7 +27,7 @@ def services() -> AppServices:
 @app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", run_on_startup=False,
                    use_monitor=True)
 def scheduled_backup(timer: func.TimerRequest) -> None:
-    scheduler.run_scheduled(services(), past_due=timer.past_due)
+    heartbeat.run_tick(services(), past_due=timer.past_due)  # the run, then its heartbeat
 
 
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")

@@ -11,7 +11,8 @@
 //   keyvault.bicep      Key Vault in RBAC mode with the share password secret
 //   roles.bicep         the identity's five data roles, least privilege (and optional operator roles)
 //   function-app.bicep  Flex Consumption plan + function app + every app setting of the brief
-//   alerts.bicep        action group + five scheduled-query alert rules (one per seed alert)
+//   alerts.bicep        action group + six scheduled-query alert rules (one per seed alert,
+//                       and "No successful backup")
 //   workbook.bicep      Azure Monitor workbook: backups over time
 // docs/DEPLOY.md explains the steps, parameters, outputs, roles and the alert queries.
 
@@ -73,6 +74,11 @@ param backupSchedule string = '0 0 */12 * * *'
 @description('BACKUP_SCHEDULER_ENABLED: false keeps the schedule but skips scheduled runs.')
 param schedulerEnabled bool = true
 
+@description('BACKUP_STALE_AFTER_HOURS: hours without a successful backup after which "No successful backup" fires (1-48, at least the schedule\'s longest gap plus one). 0 (the default): the app derives it from backupSchedule, twice its longest gap plus one hour (25 for every 12 hours).')
+@minValue(0)
+@maxValue(48)
+param backupStaleAfterHours int = 0
+
 @description('BACKUP_RETENTION_DAYS: days backups are kept (2-14).')
 @minValue(2)
 @maxValue(14)
@@ -106,7 +112,7 @@ param alertEmailReceivers array = []
 @description('Webhook URLs called (common alert schema) when a backup alert fires. A URL with a token in it is visible in the deployment history.')
 param alertWebhookReceivers array = []
 
-@description('Severity of the five alert rules (0 critical ... 4 verbose).')
+@description('Severity of the six alert rules (0 critical ... 4 verbose).')
 @minValue(0)
 @maxValue(4)
 param alertSeverity int = 1
@@ -248,6 +254,7 @@ module functionApp 'app/function-app.bicep' = {
     backupSources: backupSources
     backupSchedule: backupSchedule
     schedulerEnabled: schedulerEnabled
+    staleAfterHours: backupStaleAfterHours
     retentionDays: retentionDays
     compression: compression
     parallelComponents: parallelComponents
@@ -268,6 +275,17 @@ module alerts 'app/alerts.bicep' = {
     emailReceivers: alertEmailReceivers
     webhookReceivers: alertWebhookReceivers
     severity: alertSeverity
+    // The stamp as the app names it in its telemetry (it lower-cases domain and region), so
+    // that "No successful backup" watches it even when the app never sends anything.
+    expectedStamps: [
+      {
+        externalDomain: toLower(externalDomain)
+        region: toLower(stampRegion)
+        scaleUnit: scaleUnit
+      }
+    ]
+    // Until the app's first heartbeat reports the threshold it derived from the schedule.
+    staleAfterHours: (backupStaleAfterHours > 0) ? backupStaleAfterHours : 25
   }
 }
 
@@ -320,7 +338,7 @@ output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 @description('Resource id of the action group the alert rules notify.')
 output ACTION_GROUP_ID string = alerts.outputs.actionGroupId
 
-@description('Names of the five scheduled-query alert rules.')
+@description('Names of the six scheduled-query alert rules.')
 output ALERT_RULE_NAMES array = alerts.outputs.alertRuleNames
 
 @description('Resource id of the backups workbook.')

@@ -14,10 +14,12 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# Azurite (the Azure Storage emulator the Functions tests start) from the npm registry,
+# Azurite (the Azure Storage emulator the Functions tests start) and the Kusto language
+# service (tests/kusto/ checks every KQL query in infra/ with it) from the npm registry,
 # pinned by package-lock.json. Needs node and npm; installs them from Debian if missing.
 cd "$(dirname "$0")/.."
-if [[ ! -f node_modules/azurite/dist/src/azurite.js ]]; then
+if [[ ! -f node_modules/azurite/dist/src/azurite.js ||
+      ! -f node_modules/@kusto/language-service-next/Kusto.Language.Bridge.js ]]; then
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo="sudo"
@@ -25,6 +27,6 @@ if [[ ! -f node_modules/azurite/dist/src/azurite.js ]]; then
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
     fi
-    echo "installing azurite (npm ci)"
+    echo "installing azurite and the Kusto language service (npm ci)"
     npm ci --no-audit --no-fund --loglevel=error
 fi

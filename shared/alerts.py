@@ -1,13 +1,20 @@
-"""The five alerts of the Infrastructure Backup Service, worded as in the source documents.
+"""The alerts of the Infrastructure Backup Service: the seeds' five, and a sixth of ours.
 
-Every failed backup maps to exactly one of these. The titles, descriptions and
-remediations are the seeds' text (Azure Stack Hub edition) and are what operators see
-in the job record, on stderr and in Azure Monitor.
+Every failed backup maps to exactly one of the five :class:`Alert` members. Their titles,
+descriptions and remediations are the seeds' text (Azure Stack Hub edition) and are what
+operators see in the job record, on stderr and in Azure Monitor.
+
+The sixth, :data:`NO_SUCCESSFUL_BACKUP`, is no failure of a backup but the absence of a
+success: Azure Monitor raises it per stamp when no backup succeeded within
+``BACKUP_STALE_AFTER_HOURS`` (:mod:`shared.staleness`), also when the app sends nothing
+at all. It has the same shape (title, description, remediation) and is deployed,
+shown by ``check`` and the API, and documented beside the five; no error maps to it.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class Alert(enum.Enum):
@@ -55,3 +62,35 @@ class Alert(enum.Enum):
             "description": self.description,
             "remediation": self.remediation,
         }
+
+
+@dataclass(frozen=True)
+class StaleAlert:
+    """An alert of the same shape as :class:`Alert` that no error maps to."""
+
+    title: str
+    description: str
+    remediation: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.title,
+            "description": self.description,
+            "remediation": self.remediation,
+        }
+
+
+NO_SUCCESSFUL_BACKUP = StaleAlert(
+    "No successful backup",
+    "No backup of the stamp has succeeded within the time allowed "
+    "(BACKUP_STALE_AFTER_HOURS): backups keep failing, are skipped, or the backup app "
+    "is not running, and the newest backup to restore from keeps getting older.",
+    "Look at the stamp's other backup alerts and at the workbook's stamp health. Without "
+    "a recent heartbeat the app is not running: start the function app and check that its "
+    "timer fires and that its identity can reach storage. With heartbeats, turn the "
+    "scheduler on (BACKUP_SCHEDULER_ENABLED) or fix the failing backups. Then start a "
+    "backup (POST /api/backups); the alert closes when one succeeds.",
+)
+
+#: Every alert rule infra/ deploys, in order: the five seed alerts, then the sixth.
+ALL_ALERTS: tuple[Alert | StaleAlert, ...] = (*Alert, NO_SUCCESSFUL_BACKUP)

@@ -37,6 +37,7 @@ from shared.layout import parse_backup_id
 from shared.maintenance import MaintenanceWindow, check_operation
 from shared.retention import prune as run_prune
 from shared.scheduler import next_run
+from shared.staleness import freshness, last_success_of
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -156,6 +157,7 @@ def get_configuration(req: func.HttpRequest, services: AppServices) -> func.Http
             "lastBackup": _brief(last_run),
             "lastSuccessfulBackup": _brief(last),
             "maintenance": _window(window),
+            "freshness": freshness(settings, last_success_of(last), now),
         })
 
     return handle(work)

@@ -47,6 +47,7 @@ from shared.retention import prune as run_prune
 from shared.settings import DEFAULT_SCHEDULE, Settings, load_settings
 from shared.share import Share, open_share
 from shared.share_check import check_share
+from shared.staleness import describe, freshness
 from shared.telemetry import configure_telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,12 +249,21 @@ def check(as_json: bool) -> int:
     warnings = _deployment_warnings(settings)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    data = {"share": report.share, "steps": report.steps, "freeBytes": cap.free_bytes,
-            "totalBytes": cap.total_bytes, "warnings": warnings}
-    emit(as_json, data,
-         f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
-         f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
-         f"{cap.total_bytes / 1024**3:.1f} GiB")
+    data: dict[str, Any] = {"share": report.share, "steps": report.steps,
+                            "freeBytes": cap.free_bytes, "totalBytes": cap.total_bytes,
+                            "warnings": warnings}
+    text = (f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
+            f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
+            f"{cap.total_bytes / 1024**3:.1f} GiB")
+    if layout is not None:
+        # Freshness: what "No successful backup" sees, from the backups on the share.
+        # Informational: check is about the share, so a stale stamp does not fail it.
+        newest = next((m for m in list_backups(rt.share, layout).backups
+                       if m.status in ("Succeeded", "PartialSucceeded")), None)
+        now = utcnow()
+        data["freshness"] = freshness(settings, newest.completed if newest else None, now)
+        text += "\n" + "\n".join(describe(data["freshness"], now))
+    emit(as_json, data, text)
     return EXIT_OK
 
 

@@ -133,6 +133,7 @@ class Settings:
     compression: str = "none"
     parallel_components: int = 2
     stamp_version: str | None = None
+    stale_after_hours: int | None = None  # None: derived from the schedule (shared.staleness)
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -208,6 +209,7 @@ ALL_SETTINGS = (
     "BACKUP_COMPRESSION",
     "BACKUP_PARALLEL_COMPONENTS",
     "BACKUP_STAMP_VERSION",
+    "BACKUP_STALE_AFTER_HOURS",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "AzureWebJobsStorage",
 )
@@ -341,6 +343,7 @@ def load_settings(
         ("BACKUP_DECRYPTION_CERT", "/secure/backup.pfx"),
     ):
         _check_file_setting(get(cert_setting), cert_setting, cert_example, problems)
+    stale_after = _parse_stale_after(get("BACKUP_STALE_AFTER_HOURS"), schedule, problems)
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
     _check_source_settings(sources, env, problems)
@@ -369,6 +372,7 @@ def load_settings(
         compression=compression,
         parallel_components=parallel,
         stamp_version=stamp_version,
+        stale_after_hours=stale_after,
         appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
         webjobs_storage=_secret(env.get("AzureWebJobsStorage")),
         raw={**raw_all, **raw},
@@ -504,6 +508,23 @@ def _parse_int(
             f"{name}: {number} is outside {low}-{high}. Example: {example}."
         )
     return number
+
+
+def _parse_stale_after(value: str, schedule: str, problems: list[str]) -> int | None:
+    """BACKUP_STALE_AFTER_HOURS: unset (derived from the schedule), or whole hours that fit
+    the schedule (shared.staleness says why and how)."""
+    if not value:
+        return None
+    from shared.staleness import MAX_STALE_AFTER_HOURS, check_setting  # local: it imports us
+
+    before = len(problems)
+    hours = _parse_int(value, "BACKUP_STALE_AFTER_HOURS", 0, 1, MAX_STALE_AFTER_HOURS, "25",
+                       problems)
+    if len(problems) == before:
+        why = check_setting(hours, schedule)
+        if why:
+            problems.append(why)
+    return hours
 
 
 def _parse_float(

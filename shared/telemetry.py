@@ -11,6 +11,10 @@ What is sent (reference, with the alert-rule queries: docs/TELEMETRY.md):
   :data:`ALERT_PROPERTIES`), :data:`SUCCESS_EVENT` when it succeeded or partially
   succeeded (properties :data:`SUCCESS_PROPERTIES`). An alert rule fires while a stamp's
   newest event is an alert, so the next success closes it;
+* one :data:`HEARTBEAT_EVENT` per timer tick (properties :data:`HEARTBEAT_PROPERTIES`,
+  built by :mod:`shared.heartbeat`): the app is alive, when it ticks next, and whether
+  the scheduler is on and a maintenance window open. "No successful backup" fires per
+  stamp without a recent success; the heartbeat tells why (skipped, or the app is dead);
 * the metrics ``infrabackup.backup.duration``, ``.bytes_written``, ``.throughput``,
   ``.result`` and ``infrabackup.share.free_bytes``;
 * one span per backup (a request in Application Insights) with one child span per
@@ -40,6 +44,7 @@ log = logging.getLogger("infrabackup.telemetry")
 
 ALERT_EVENT = "InfrastructureBackupAlert"
 SUCCESS_EVENT = "InfrastructureBackupSucceeded"
+HEARTBEAT_EVENT = "InfrastructureBackupHeartbeat"
 
 #: The customDimensions of :data:`ALERT_EVENT`. The alert rules and the workbook in
 #: ``infra/`` query these names: renaming one breaks them.
@@ -51,6 +56,15 @@ ALERT_PROPERTIES = (
 SUCCESS_PROPERTIES = (
     "backupId", "externalDomain", "region", "scaleUnit", "sharePath", "status", "sizeBytes",
     "durationSeconds", "stampVersion", "warnings",
+)
+
+#: The customDimensions of :data:`HEARTBEAT_EVENT` (the alert rules and the workbook query
+#: them; times are ISO 8601 UTC, "" when there is none; flags are "true" / "false").
+HEARTBEAT_PROPERTIES = (
+    "externalDomain", "region", "scaleUnit", "tick", "reason", "backupId", "pastDue",
+    "schedule", "nextDueUtc", "schedulerEnabled", "maintenanceOpen", "maintenanceOperation",
+    "maintenanceSinceUtc", "staleAfterHours", "lastSuccessUtc", "lastBackupId",
+    "lastBackupStatus", "lastBackupAlertName", "version",
 )
 
 #: Azure Monitor severities by name (Sev0 ... Sev4), as alert rules number them.
@@ -97,6 +111,10 @@ class Telemetry(Protocol):
     def failed(self, backup_id: str, error: InfraBackupError, settings: Settings,
                share: str, duration_seconds: float) -> None: ...
 
+    def heartbeat(self, properties: Mapping[str, str]) -> None:
+        """One :data:`HEARTBEAT_EVENT` with ``properties`` (:data:`HEARTBEAT_PROPERTIES`)."""
+        ...
+
     def flush(self) -> None: ...
 
 
@@ -115,6 +133,9 @@ class NullTelemetry:
 
     def failed(self, backup_id: str, error: InfraBackupError, settings: Settings,
                share: str, duration_seconds: float) -> None:
+        pass
+
+    def heartbeat(self, properties: Mapping[str, str]) -> None:
         pass
 
     def flush(self) -> None:
@@ -319,6 +340,13 @@ class AzureMonitorTelemetry:
             stamp = stamp_dimensions(settings)
             self._duration.record(max(duration_seconds, 0.0), {**stamp, "result": "Failed"})
             self._result.add(1, {**stamp, "result": "Failed", "alert": error.alert.title})
+
+    def heartbeat(self, properties: Mapping[str, str]) -> None:
+        with _never_raise("reporting the heartbeat"):
+            values = {name: str(properties.get(name, "")) for name in HEARTBEAT_PROPERTIES}
+            self._event(HEARTBEAT_EVENT, values, "",
+                        f"Heartbeat: scheduled run {values['tick']}, next due "
+                        f"{values['nextDueUtc'] or 'never'}")
 
     def _event(self, name: str, properties: dict[str, str], backup_id: str, body: str) -> None:
         from opentelemetry import context, trace

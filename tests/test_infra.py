@@ -2,8 +2,10 @@
 
 Given the Bicep under infra/, when scripts/check-infra.sh runs, then every file parses
 with pycep-parser and checkov reports no finding. Then, on the parsed files, the tests
-check the content: five alert rules carrying the seed texts of shared/alerts.py, the
-action group's receivers, the Key Vault's RBAC mode, every setting of the brief as an app
+check the content: five alert rules carrying the seed texts of shared/alerts.py and a
+sixth, "No successful backup", each with the query tests/kusto assembles (and
+tests/test_alert_queries.py checks and runs), the action group's receivers, the Key
+Vault's RBAC mode, every setting of the brief as an app
 setting (and that the example parameters give settings the app accepts), the share
 password as a Key Vault reference, and the identity's roles.
 
@@ -19,6 +21,7 @@ does not know, so a change it cannot follow fails the test instead of passing it
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,13 +31,16 @@ from typing import Any
 
 import pytest
 
-from shared.alerts import Alert
+from shared.alerts import NO_SUCCESSFUL_BACKUP, Alert
 from shared.settings import ALL_SETTINGS, load_settings
+from shared.staleness import threshold
+from tests.kusto import rule_query, workbook_content
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 SCRIPT = ROOT / "scripts" / "check-infra.sh"
-INFRA_PYTHON = ROOT / ".venv-infra" / "bin" / "python"
+# The script's venv (INFRA_VENV overrides it, as in scripts/check-infra.sh).
+INFRA_PYTHON = Path(os.environ.get("INFRA_VENV", ROOT / ".venv-infra")) / "bin" / "python"
 
 # Built-in role definition ids, as Azure publishes them.
 KEY_VAULT_READER = "21090545-7ca7-4776-b22c-e363652d74d2"
@@ -46,6 +52,7 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 
 ALERT_EVENT = "InfrastructureBackupAlert"
 SUCCESS_EVENT = "InfrastructureBackupSucceeded"
+HEARTBEAT_EVENT = "InfrastructureBackupHeartbeat"
 
 # What the modules' outputs would be after a deployment, for evaluating app settings.
 EXAMPLE_OUTPUTS = {
@@ -55,6 +62,8 @@ EXAMPLE_OUTPUTS = {
     "storage.outputs.name": "stibtok",
     "storage.outputs.blobEndpoint": "https://stibtok.blob.core.windows.net/",
     "monitoring.outputs.applicationInsightsName": "appi-infrabackup-tok",
+    "monitoring.outputs.applicationInsightsId": "/subscriptions/0000/resourceGroups/rg/providers/"
+    "Microsoft.Insights/components/appi-infrabackup-tok",
     "keyVault.outputs.uri": "https://kv-ib-tok.vault.azure.net/",
     "keyVault.outputs.sharePasswordSecretUri": "https://kv-ib-tok.vault.azure.net/secrets/"
     "backup-share-password",
@@ -114,10 +123,12 @@ class Scope:
         values: Mapping[str, Any],
         variables: Mapping[str, Any] | None = None,
         outputs: Mapping[str, Any] | None = None,
+        folder: Path = INFRA,
     ) -> None:
         self.values = dict(values)
         self.variables = dict(variables or {})
         self.outputs = dict(outputs or {})
+        self.folder = folder  # loadTextContent() reads relative to the .bicep file
 
     def has(self, name: str) -> bool:
         return name in self.values or name in self.variables
@@ -180,6 +191,8 @@ def evaluate(node: Any, scope: Scope) -> Any:
             return evaluate(operands[chosen], scope)
         if kind == "not":
             return not evaluate(operands["bool_value"], scope)
+        if kind == "greater_than":
+            return evaluate(operands["operand_1"], scope) > evaluate(operands["operand_2"], scope)
         raise NotImplementedError(f"operator {kind}")
     if "function" in node:
         fn = node["function"]
@@ -193,6 +206,10 @@ def evaluate(node: Any, scope: Scope) -> Any:
             "replace": lambda: evaluate(params["original_string"], scope).replace(
                 evaluate(params["old_string"], scope), evaluate(params["new_string"], scope)
             ),
+            "load_text_content": lambda: (scope.folder / params["file_path"]).read_text(
+                encoding="utf-8"),
+            "trim": lambda: evaluate(params["string_to_trim"], scope).strip(),
+            "to_lower": lambda: evaluate(params["string_to_change"], scope).lower(),
         }
         if kind not in handlers:
             raise NotImplementedError(f"function {kind}")
@@ -303,7 +320,8 @@ def test_five_alert_rules_carry_each_seed_alerts_name_description_and_remediatio
     bicep: dict[str, Any],
 ) -> None:
     rules = resources_of_type(bicep, "Microsoft.Insights/scheduledQueryRules")
-    assert [(path, name) for path, name, _ in rules] == [("app/alerts.bicep", "alertRules")]
+    assert [(path, name) for path, name, _ in rules] == [("app/alerts.bicep", "alertRules"),
+                                                         ("app/alerts.bicep", "staleRule")]
     tree, rule = bicep["app/alerts.bicep"], rules[0][2]
     loop = rule["config"]["loop_type"]
     assert loop["type"] == "array"
@@ -318,19 +336,80 @@ def test_five_alert_rules_carry_each_seed_alerts_name_description_and_remediatio
         assert seed["description"] == alert.description
         assert seed["remediation"] == alert.remediation
 
-        rule_scope = Scope({item: seed}, tree["variables"])
+        rule_scope = Scope({item: seed}, tree["variables"], folder=INFRA / "app")
         props = rule["config"]["config"]["properties"]
         description = evaluate(props["description"], rule_scope)
         for text in (alert.title, alert.description, alert.remediation):
             assert text in description
         assert evaluate(props["displayName"], rule_scope) == alert.title
+        # The deployed query is the one tests/test_alert_queries.py checks and runs.
         query = evaluate(props["criteria"]["allOf"][0]["query"], rule_scope)
-        assert f'tostring(customDimensions.alertName) == "{alert.title}"' in query
+        assert query == rule_query("failed", alert_name=alert.title)
         assert evaluate(props["actions"]["customProperties"], rule_scope) == {
             "alertName": alert.title,
             "description": alert.description,
             "remediation": alert.remediation,
         }
+
+
+def alerts_scope(bicep: dict[str, Any], overrides: Mapping[str, Any]) -> Scope:
+    """alerts.bicep's names for main parameters ``overrides`` (as main.bicep passes them)."""
+    main, alerts = bicep["main.bicep"], bicep["app/alerts.bicep"]
+    main_scope = Scope({**param_defaults(main), **overrides, "resourceToken": "tok"},
+                       {k: v for k, v in main["variables"].items() if k != "resourceToken"},
+                       EXAMPLE_OUTPUTS)
+    given = main["modules"]["alerts"]["config"]["params"]
+    values = {**param_defaults(alerts),
+              **{name: evaluate(expr, main_scope) for name, expr in given.items()}}
+    missing = set(alerts["parameters"]) - set(values)
+    assert not missing, f"alerts.bicep parameters without a value: {missing}"
+    return Scope(values, alerts["variables"], EXAMPLE_OUTPUTS, folder=INFRA / "app")
+
+
+def test_a_sixth_rule_fires_when_no_backup_succeeded_and_carries_its_text(
+    bicep: dict[str, Any],
+) -> None:
+    tree = bicep["app/alerts.bicep"]
+    props = tree["resources"]["staleRule"]["config"]["properties"]
+    text = {k: unescape(v) for k, v in tree["variables"]["staleAlert"]["value"].items()}
+    assert (text["name"], text["description"], text["remediation"]) == (
+        NO_SUCCESSFUL_BACKUP.title, NO_SUCCESSFUL_BACKUP.description,
+        NO_SUCCESSFUL_BACKUP.remediation)
+
+    # Mixed case in the parameters: the app lower-cases domain and region, so must the list.
+    params = example_parameters() | {"externalDomain": "Contoso.COM", "stampRegion": "NYC",
+                                     "scaleUnit": "s-cluster01"}
+    scope = alerts_scope(bicep, params)
+    assert evaluate(props["displayName"], scope) == NO_SUCCESSFUL_BACKUP.title
+    description = evaluate(props["description"], scope)
+    for part in (NO_SUCCESSFUL_BACKUP.description, NO_SUCCESSFUL_BACKUP.remediation):
+        assert part in description
+    assert evaluate(props["actions"]["customProperties"], scope) == {
+        "alertName": NO_SUCCESSFUL_BACKUP.title,
+        "description": NO_SUCCESSFUL_BACKUP.description,
+        "remediation": NO_SUCCESSFUL_BACKUP.remediation,
+    }
+    assert props["autoMitigate"] is True and props["windowSize"] == "windowSize"
+    criterion = props["criteria"]["allOf"][0]
+    assert criterion["dimensions"][0]["name"] == "stamp"
+    assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
+    stamp = {"externalDomain": "contoso.com", "region": "nyc", "scaleUnit": "s-cluster01"}
+    settings = load_settings(function_app_settings(bicep, params))
+    assert {"externalDomain": settings.external_domain, "region": settings.region,
+            "scaleUnit": settings.scale_unit} == stamp  # what the app's events will say
+    assert evaluate(criterion["query"], scope) == rule_query(
+        "stale", expected_stamps=[stamp], stale_after_hours=threshold(settings).hours)
+
+
+@pytest.mark.parametrize(("hours", "setting", "rule_hours"), [(0, "", 25), (13, "13", 13)])
+def test_the_stale_threshold_reaches_the_app_and_the_rule(
+    bicep: dict[str, Any], hours: int, setting: str, rule_hours: int,
+) -> None:
+    params = example_parameters() | {"backupStaleAfterHours": hours}
+    settings = function_app_settings(bicep, params)
+    assert settings["BACKUP_STALE_AFTER_HOURS"] == setting
+    assert threshold(load_settings(settings)).hours == rule_hours  # the app's own value
+    assert alerts_scope(bicep, params).get("staleAfterHours") == rule_hours
 
 
 def test_alert_rules_fire_on_the_latest_event_per_stamp_and_auto_resolve(
@@ -348,13 +427,14 @@ def test_alert_rules_fire_on_the_latest_event_per_stamp_and_auto_resolve(
     assert criterion["dimensions"][0]["name"] == "stamp"
     assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
 
-    query = tree["variables"]["alertQuery"]["value"]
+    query = rule_query("failed", alert_name="x")
     assert f'"{ALERT_EVENT}"' in query and f'"{SUCCESS_EVENT}"' in query
-    for dimension in ("externalDomain", "region", "scaleUnit", "alertName"):
+    assert "let stampOf = (dimensions: dynamic)" in query
+    for dimension in ("alertName", "lastBackupStatus", "lastBackupAlertName"):
         assert f"customDimensions.{dimension}" in query
-    # The latest event of each stamp decides: a later success leaves no row, so it resolves.
-    assert "summarize arg_max(timestamp, name, customDimensions) by stamp" in query
-    assert "where name == alertEvent and" in query
+    # The newest result of each stamp decides: a later success leaves no row, so it resolves.
+    assert "summarize arg_max(timestamp, name, result, failedAlertName, customDimensions) " \
+           "by stamp" in query
     # No datetime column in the result: the rule counts rows over its whole window.
     assert "lastEventTime = tostring(timestamp)" in query
 
@@ -388,19 +468,19 @@ def test_workbook_shows_backups_over_time_from_the_events_and_metrics(
 ) -> None:
     workbooks = resources_of_type(bicep, "Microsoft.Insights/workbooks")
     assert len(workbooks) == 1
-    data = workbooks[0][2]["config"]["properties"]["serializedData"]["function"]
-    assert data["parameters"]["original_string"]["function"]["parameters"]["file_path"] == (
-        "backup-workbook.json"
-    )
-    content = json.loads((INFRA / "app" / "backup-workbook.json").read_text(encoding="utf-8"))
+    data = workbooks[0][2]["config"]["properties"]["serializedData"]
+    scope = Scope({"applicationInsightsId": "__APPINSIGHTS_ID__"}, folder=INFRA / "app")
+    content = json.loads(evaluate(data, scope))
+    assert content == workbook_content()  # what tests/test_alert_queries.py checks
     queries = "\n".join(
         item["content"]["query"] for item in content["items"] if item["type"] == 3
     )
     for name in ("infrabackup.backup.duration", "infrabackup.backup.bytes_written",
                  "infrabackup.backup.throughput", "infrabackup.backup.result",
-                 "infrabackup.share.free_bytes", ALERT_EVENT, SUCCESS_EVENT):
+                 "infrabackup.share.free_bytes", ALERT_EVENT, SUCCESS_EVENT, HEARTBEAT_EVENT):
         assert f'"{name}"' in queries, name
     assert "customDimensions.alert)" in queries
+    assert "__STAMP_KEY__" not in queries and "let stampOf" in queries
     assert content["fallbackResourceIds"] == ["__APPINSIGHTS_ID__"]
 
 

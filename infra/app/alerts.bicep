@@ -1,14 +1,20 @@
-// Alerts: one action group and five scheduled-query (log search) alert rules, one per seed
-// alert of shared/alerts.py, each carrying the seed's name, description and remediation.
+// Alerts: one action group and six scheduled-query (log search) alert rules: one per seed
+// alert of shared/alerts.py, each carrying the seed's name, description and remediation,
+// and "No successful backup" (shared.alerts.NO_SUCCESSFUL_BACKUP).
 //
-// How a rule fires and resolves (docs/DEPLOY.md has the long form). The app sends, per
-// backup, either a custom event "InfrastructureBackupAlert" (customDimensions: alertName,
-// description, remediation, severity, backupId, externalDomain, region, scaleUnit,
-// sharePath, faultCode) or "InfrastructureBackupSucceeded". Each rule takes, per stamp
-// (externalDomain/region[/scaleUnit]), the latest of those events in the look-back window
-// and returns the stamp when that event is a failure with this rule's alert name. The rule
-// is split by stamp and stateful (autoMitigate), so the alert of a stamp resolves at the
-// first evaluation after a later success (or a failure of another kind) arrives.
+// The queries are in queries/ beside this file (tests/test_alert_queries.py runs them with
+// the Kusto language service and plays them over recorded event sequences); every query
+// starts with the stamp key of queries/stamp-key.kql, the one place that says what a stamp
+// is. How the rules fire and resolve (docs/TELEMETRY.md has the long form):
+//
+// * The five: per stamp, the newest backup result in the look-back window (a backup event,
+//   or what the newest heartbeat reports from the job record) is a failure with this rule's
+//   alert name. Split by stamp and stateful (autoMitigate): the stamp's alert resolves after
+//   the next success (or a failure of another kind) arrives.
+// * No successful backup: per expected stamp (the deployment's, and any seen in the
+//   window), no InfrastructureBackupSucceeded for longer than its threshold; heartbeats
+//   excuse a maintenance window that opened while the stamp was fresh. Silence never
+//   resolves it; the next success does.
 
 @description('Prefix of the alert rule names; the rule for alert <key> is <prefix>-<key>.')
 param namePrefix string
@@ -46,6 +52,14 @@ param evaluationFrequency string = 'PT15M'
 @description('Look-back window of the query (ISO 8601, at most P2D). Longer than the backup interval, so the latest backup of each stamp is always in view.')
 param windowSize string = 'P2D'
 
+@description('The stamps the deployment backs up, as objects {externalDomain, region, scaleUnit} (lower-case domain and region, as the app sends them). "No successful backup" watches each of them even when nothing at all arrives.')
+param expectedStamps array
+
+@description('Hours without a successful backup after which "No successful backup" fires, until a stamp\'s heartbeat reports its own BACKUP_STALE_AFTER_HOURS (1-48).')
+@minValue(1)
+@maxValue(48)
+param staleAfterHours int = 25
+
 // The five seed alerts, worded exactly as shared/alerts.py (tests/test_infra.py checks it).
 var seedAlerts = [
   {
@@ -80,19 +94,25 @@ var seedAlerts = [
   }
 ]
 
+// The sixth alert, worded exactly as shared/alerts.py's NO_SUCCESSFUL_BACKUP.
+var staleAlert = {
+  key: 'stale'
+  name: 'No successful backup'
+  description: 'No backup of the stamp has succeeded within the time allowed (BACKUP_STALE_AFTER_HOURS): backups keep failing, are skipped, or the backup app is not running, and the newest backup to restore from keeps getting older.'
+  remediation: 'Look at the stamp\'s other backup alerts and at the workbook\'s stamp health. Without a recent heartbeat the app is not running: start the function app and check that its timer fires and that its identity can reach storage. With heartbeats, turn the scheduler on (BACKUP_SCHEDULER_ENABLED) or fix the failing backups. Then start a backup (POST /api/backups); the alert closes when one succeeds.'
+}
+
+// What a stamp is, for every query: one line defining stampOf(customDimensions).
+var stampKey = trim(loadTextContent('queries/stamp-key.kql'))
+
 // __ALERT_NAME__ is replaced by each rule's alert name. The result has no datetime
 // column, so the rule counts the rows over the whole window: one row per failing stamp.
-var alertQuery = '''
-let alertEvent = "InfrastructureBackupAlert";
-let successEvent = "InfrastructureBackupSucceeded";
-customEvents
-| where name in (alertEvent, successEvent)
-| extend externalDomain = tostring(customDimensions.externalDomain), region = tostring(customDimensions.region), scaleUnit = tostring(customDimensions.scaleUnit)
-| extend stamp = strcat(externalDomain, "/", region, iff(isempty(scaleUnit), "", strcat("/", scaleUnit)))
-| summarize arg_max(timestamp, name, customDimensions) by stamp
-| where name == alertEvent and tostring(customDimensions.alertName) == "__ALERT_NAME__"
-| project stamp, lastEventTime = tostring(timestamp), backupId = tostring(customDimensions.backupId), sharePath = tostring(customDimensions.sharePath), faultCode = tostring(customDimensions.faultCode), eventSeverity = tostring(customDimensions.severity)
-'''
+var alertQueryBody = loadTextContent('queries/backup-failed.kql')
+var alertQuery = '${stampKey}\n${alertQueryBody}'
+
+// One row per stamp without a success for longer than its threshold (no datetime column).
+var staleQueryBody = replace(replace(loadTextContent('queries/no-successful-backup.kql'), '__EXPECTED_STAMPS__', string(expectedStamps)), '__STALE_AFTER_HOURS__', string(staleAfterHours))
+var staleQuery = '${stampKey}\n${staleQueryBody}'
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: actionGroupName
@@ -166,8 +186,64 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for a
   }
 }]
 
+var seedRuleNames = [for alert in seedAlerts: '${namePrefix}-${alert.key}']
+
+// No successful backup. Stateful like the five, but its query never loses a stamp it
+// expects, so it resolves only when a success arrives (see the header).
+resource staleRule 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-${staleAlert.key}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: staleAlert.name
+    description: '${staleAlert.name}. ${staleAlert.description} Remediation: ${staleAlert.remediation}'
+    severity: severity
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: evaluationFrequency
+    windowSize: windowSize
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: staleQuery
+          timeAggregation: 'Count'
+          dimensions: [
+            {
+              name: 'stamp'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+      customProperties: {
+        alertName: staleAlert.name
+        description: staleAlert.description
+        remediation: staleAlert.remediation
+      }
+    }
+  }
+}
+
 @description('Resource id of the action group.')
 output actionGroupId string = actionGroup.id
 
-@description('Names of the five alert rules, in the order capacity, connectivity, path, authentication, general.')
-output alertRuleNames array = [for (alert, i) in seedAlerts: alertRules[i].name]
+@description('Names of the six alert rules, in the order capacity, connectivity, path, authentication, general, stale.')
+output alertRuleNames array = concat(seedRuleNames, [staleRule.name])

@@ -104,6 +104,11 @@ param backupSchedule string = '0 0 */12 * * *'
 @description('BACKUP_SCHEDULER_ENABLED: false keeps the schedule but skips scheduled runs.')
 param schedulerEnabled bool = true
 
+@description('BACKUP_STALE_AFTER_HOURS: hours without a successful backup before "No successful backup" fires (1-48); 0 leaves the setting empty, so the app derives it from the schedule.')
+@minValue(0)
+@maxValue(48)
+param staleAfterHours int = 0
+
 @description('BACKUP_RETENTION_DAYS: days backups are kept (2-14).')
 @minValue(2)
 @maxValue(14)
@@ -155,6 +160,7 @@ var appSettings = {
   BACKUP_SOURCES: string(backupSources)
   BACKUP_SCHEDULE: backupSchedule
   BACKUP_SCHEDULER_ENABLED: schedulerEnabled ? 'true' : 'false'
+  BACKUP_STALE_AFTER_HOURS: (staleAfterHours > 0) ? string(staleAfterHours) : ''
   BACKUP_RETENTION_DAYS: string(retentionDays)
   BACKUP_COMPRESSION: compression
   BACKUP_PARALLEL_COMPONENTS: string(parallelComponents)

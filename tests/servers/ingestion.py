@@ -226,14 +226,30 @@ def _decode(raw: bytes, encoding: str) -> bytes:
     raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 
 
+#: The process's one endpoint, and how many session fixtures hold it. pytest makes a
+#: separate session fixture for every module that imports ``ingestion``, but the exporter
+#: is configured once per process and posts to one endpoint: they all share this one.
+_shared: list[IngestionServer] = []
+_holders = 0
+_shared_lock = threading.Lock()
+
+
 @pytest.fixture(scope="session")
 def ingestion() -> Iterator[IngestionServer]:
-    """The session's ingestion endpoint (see module doc)."""
-    server = IngestionServer().start()
+    """The session's ingestion endpoint (see module doc), the same for every module."""
+    global _holders
+    with _shared_lock:
+        if not _shared:
+            _shared.append(IngestionServer().start())
+        _holders += 1
+        server = _shared[0]
     try:
         yield server
     finally:
-        server.stop()
+        with _shared_lock:
+            _holders -= 1
+            if _holders == 0:
+                _shared.pop().stop()
 
 
 @pytest.fixture(scope="session")
