@@ -24,6 +24,14 @@ from shared.errors import PathError
 #: and failed-backup clean-up recognise them by it.
 PARTIAL_MARKER = ".partial-"
 
+#: The byte range (offset, length) of the lock file that both backends lock as well,
+#: exclusively: an SMB byte-range lock there (SmbShare) and an fcntl lock there
+#: (LocalShare) are the same lock on a Samba server, which maps SMB byte-range locks to
+#: POSIX locks on the served file (``posix locking``, its default). So a backup over the
+#: server's local path and one over SMB see each other (docs/SMB.md, "Locking"). It lies
+#: far beyond the holder text at offset 0, which readers of either kind must still read.
+LOCK_RANGE = (1 << 32, 1)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -55,7 +63,9 @@ class Share(Protocol):
     * ``remove`` and ``remove_tree`` succeed when the target is already gone.
     * ``lock`` holds an exclusive lock until the context exits, or until the process
       dies (the server releases it); a second holder gets LockHeldError naming the
-      first holder and since when.
+      first holder and since when. Besides its own mechanism (an flock, an SMB share
+      mode) each backend locks :data:`LOCK_RANGE` of the file, so the local and the SMB
+      path to the same folder exclude each other too.
     """
 
     description: str
