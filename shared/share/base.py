@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import PathError
+from shared.errors import LockHeldError, PathError
 
 #: Temporary files written by ``write_stream`` carry this marker until renamed; prune
 #: and failed-backup clean-up recognise them by it.
@@ -123,6 +123,16 @@ def lock_info(holder: str) -> bytes:
             "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     ).encode()
+
+
+def held_error(raw: bytes) -> LockHeldError:
+    """The LockHeldError for what a lock file says about its holder; ``.holder`` is the
+    holder text (None when the file cannot be read as a holder's)."""
+    try:
+        holder = json.loads(raw.decode())["holder"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        holder = None
+    return LockHeldError(held_message(raw), holder=holder if isinstance(holder, str) else None)
 
 
 def held_message(raw: bytes) -> str:

@@ -19,7 +19,6 @@ from shared.errors import (
     CapacityError,
     GeneralFault,
     InfraBackupError,
-    LockHeldError,
     PathError,
 )
 from shared.share.base import (
@@ -28,7 +27,7 @@ from shared.share.base import (
     Capacity,
     Entry,
     check_path,
-    held_message,
+    held_error,
     lock_info,
     parent_and_name,
 )
@@ -156,7 +155,7 @@ class LocalShare:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 _lock_range(fd, path)
             except BlockingIOError:
-                raise LockHeldError(held_message(os.pread(fd, 4096, 0))) from None
+                raise held_error(os.pread(fd, 4096, 0)) from None
             info = lock_info(holder)
             with translate_os_errors(f"locking {path}"):
                 os.ftruncate(fd, 0)

@@ -59,9 +59,7 @@ from shared.errors import (
     ConnectivityError,
     GeneralFault,
     InfraBackupError,
-    LockHeldError,
     PathError,
-    ShareError,
 )
 from shared.settings import Secret, Settings, UncPath
 from shared.share.base import (
@@ -70,7 +68,7 @@ from shared.share.base import (
     Capacity,
     Entry,
     check_path,
-    held_message,
+    held_error,
     lock_info,
     parent_and_name,
 )
@@ -624,7 +622,7 @@ class SmbShare:
             if handle is None or not self._call(
                 f"locking {path}", lambda: _lock_range(handle, path), cache=cache, connect=False
             ):
-                raise LockHeldError(held_message(self._read_lock_info(path)))
+                raise held_error(self._read_lock_info(path))
             info = lock_info(holder)
             self._call(
                 f"locking {path}", lambda: _rewrite(handle, info), cache=cache, connect=False
@@ -994,7 +992,7 @@ class SmbShare:
 
         try:
             return self._call(f"reading the lock {path}", read, retry=True)
-        except ShareError:
+        except InfraBackupError:  # also an empty file being rewritten (0xC0000011, EndOfFile)
             return b""
 
     def _discard(self, temp: str, cause: BaseException) -> None:
