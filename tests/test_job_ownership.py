@@ -280,11 +280,15 @@ def _stopped_cli_backup(s: Stamp) -> Iterator[tuple[subprocess.Popen[str], dict[
 
 
 def _killed_cli_backup(s: Stamp) -> dict[str, Any]:
-    """A CLI backup of the stamp SIGKILLed once its job is Running; its record."""
+    """A CLI backup of the stamp SIGKILLed once its job is Running and its backup folder
+    exists; its record."""
     write_random(s.source_dir("ACS") / "big.bin", BIG, seed=6)
     proc = _cli_backup(dict(os.environ))
     try:
         record = _running_cli_record(proc)
+        while not backup_folders(s, record["backupId"]):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.001)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
