@@ -5,7 +5,9 @@ The order of events, and what each failure leaves behind:
 1. The data key is wrapped before the share is touched: a certificate problem writes
    nothing.
 2. The stamp lock is taken (:class:`~shared.errors.LockHeldError` if another backup
-   runs).
+   runs), unless the caller holds it already. Holding it, the backup first removes what
+   runs that died left (:func:`remove_interrupted`): every run holds the lock while it
+   writes, so nothing unfinished under it can still be in progress.
 3. Each component is streamed to ``<component>.bin`` (or its region folder). A source
    that cannot be read fails only its component; a share failure fails the backup.
 4. ``manifest.json`` is written last, atomically. No manifest, no backup: a failed
@@ -43,11 +45,17 @@ from shared.encryption import (
 )
 from shared.errors import ConnectivityError, GeneralFault, InfraBackupError
 from shared.keys import KeyWrapper
-from shared.layout import StampLayout, format_timestamp
+from shared.layout import (
+    MANIFEST,
+    StampLayout,
+    backup_id_or_none,
+    format_timestamp,
+    parse_timestamp,
+)
 from shared.manifest import ComponentRecord, Manifest
 from shared.pipeline import prefetch
 from shared.settings import Settings, SourceSpec
-from shared.share.base import Share, parent_and_name
+from shared.share.base import PARTIAL_MARKER, Share, join, parent_and_name
 from shared.sources import Source, SourceError, open_source
 
 log = logging.getLogger("infrabackup.backup")
@@ -121,6 +129,9 @@ class BackupContext:
     #: Opens another connection to the same share, for parallel components (None: one
     #: component at a time).
     extra_share: Callable[[], Share] | None = None
+    #: The caller holds the stamp lock for this backup (:mod:`shared.backup_job`, which
+    #: keeps it until the job record is final): run_backup does not take it again.
+    lock_held: bool = False
 
     def source(self, spec: SourceSpec) -> Source:
         """The source of ``spec`` (SourceError when it cannot be built)."""
@@ -157,7 +168,8 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
              len(settings.sources), ctx.share.description)
 
     written: list[str] = []
-    with ctx.share.lock(layout.lock, f"backup {backup_id}"):
+    with nullcontext() if ctx.lock_held else ctx.share.lock(layout.lock, f"backup {backup_id}"):
+        remove_interrupted(ctx.share, layout, settings)
         try:
             ctx.share.make_dirs(layout.backup_dir(timestamp, backup_id))
             ctx.progress.start(_estimate(ctx))
@@ -370,6 +382,74 @@ def _clean_up(
     except InfraBackupError as exc:
         log.warning("could not remove the failed backup %s yet (%s); the next prune will",
                     backup_id, exc.message)
+
+
+def remove_interrupted(share: Share, layout: StampLayout, settings: Settings) -> list[str]:
+    """Holding the stamp lock: remove what backups that died left; return the paths.
+
+    That is every backup folder without a ``manifest.json`` (a folder whose manifest is
+    unreadable stays: retention decides, an expert may want it) and every file of a
+    region-scoped source of ``settings`` (``<id>.bin`` or its ``.partial-`` temporary)
+    whose backup has no manifest. No age guard is needed: every writer holds the lock, so
+    none of this is in progress. A share error is logged and left to the next run.
+    """
+    removed: list[str] = []
+    try:
+        if share.stat(layout.masbackup) is None:
+            return removed
+        finished: set[str] = set()
+        for ts_entry in share.list_dir(layout.masbackup):
+            if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
+                continue
+            ts_path = join(layout.masbackup, ts_entry.name)
+            gone = len(removed)
+            entries = share.list_dir(ts_path)
+            if not entries:  # a run killed between creating it and its backup's folder
+                share.remove_tree(ts_path)
+                continue
+            for entry in entries:
+                backup_id = backup_id_or_none(entry.name)
+                if backup_id is None or not entry.is_dir:
+                    continue  # not a backup folder: not ours to judge
+                folder = join(ts_path, entry.name)
+                if share.stat(join(folder, MANIFEST)) is not None:
+                    finished.add(backup_id)
+                    continue
+                share.remove_tree(folder)
+                removed.append(folder)
+            if len(removed) > gone:
+                remove_if_empty(share, ts_path)
+        for spec in settings.sources:
+            if spec.scope == "region":
+                removed += _remove_region_leftovers(share, layout.region_component_dir(spec.name),
+                                                    finished)
+    except InfraBackupError as exc:
+        log.warning("could not remove what an interrupted backup left (%s); the next backup "
+                    "or prune will", exc.message)
+    if removed:
+        log.warning("removed what interrupted backups left: %s", ", ".join(removed))
+    return removed
+
+
+def _remove_region_leftovers(share: Share, folder: str, finished: set[str]) -> list[str]:
+    if share.stat(folder) is None:
+        return []
+    removed: list[str] = []
+    for ts_entry in share.list_dir(folder):
+        if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
+            continue
+        ts_path = join(folder, ts_entry.name)
+        gone = len(removed)
+        for entry in share.list_dir(ts_path):
+            # "<id>.bin", or a write in progress ".<id>.bin.partial-xxxxxxxx"
+            stem = entry.name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin")
+            backup_id = backup_id_or_none(stem)
+            if backup_id is not None and not entry.is_dir and backup_id not in finished:
+                share.remove(join(ts_path, entry.name))
+                removed.append(join(ts_path, entry.name))
+        if len(removed) > gone:
+            remove_if_empty(share, ts_path)
+    return removed
 
 
 def remove_if_empty(share: Share, path: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from shared.errors import (
     InfraBackupError,
 )
 from shared.inputs import path_problem, quote
+from shared.job_recovery import CLI_TRIGGER, end_interrupted, new_run_token
 from shared.key_provider import decryption_keyring, require_decryption
 from shared.keys import generate_certificate, generate_legacy_key
 from shared.maintenance import (
@@ -286,13 +288,20 @@ def backup(as_json: bool) -> int:
     settings.require("BACKUP_SHARE_PATH", "BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION",
                      "BACKUP_SOURCES", "BACKUP_STAMP_VERSION")
     telemetry = configure_telemetry(settings)
+    jobs = _job_store()
     try:
         # With AzureWebJobsStorage set, the CLI shares the Functions app's job records and
-        # maintenance window, so a window opened through the API stops it too.
+        # maintenance window, so a window opened through the API stops it too; holding the
+        # lock, it first ends the records of command-line backups that were killed.
         manifest = run_backup_job(JobDependencies(
-            settings, rt.share, telemetry=telemetry, record=_job_store() or NullJobRecord(),
+            settings, rt.share, telemetry=telemetry, record=jobs or NullJobRecord(),
             maintenance=open_maintenance_store(settings, rt.share),
-            progress=progress_for(as_json), extra_share=lambda: open_share(settings)))
+            progress=progress_for(as_json), extra_share=lambda: open_share(settings),
+            owner=new_run_token(),
+            record_fields={"trigger": CLI_TRIGGER, "host": socket.gethostname()},
+            recover=None if jobs is None else lambda current: end_interrupted(
+                jobs, rt.share, stamp_layout(settings), utcnow, holding_lock=True,
+                skip=current)))
     finally:
         telemetry.flush()
     for warning in manifest.warnings:
@@ -337,6 +346,19 @@ def _job_store() -> Any:
     return JobStore(table, stamp_key(stamp_layout(settings)))
 
 
+def _end_interrupted_records(jobs: Any) -> None:
+    """Before showing records: end those of command-line backups that were killed (their
+    share lock is free, or held under another run's token). The share is only asked when
+    a record says Running; when it cannot be, the records are shown as they are."""
+    rt = runtime()
+    try:
+        end_interrupted(jobs, rt.share, stamp_layout(rt.settings), utcnow,
+                        holding_lock=False)
+    except InfraBackupError as exc:
+        logging.getLogger("infrabackup.cli").warning(
+            "could not check for interrupted backups: %s", exc.message)
+
+
 def _record_line(r: dict[str, Any]) -> str:
     size = f"{r['sizeBytes'] / MIB:7.1f} MiB" if r.get("sizeBytes") is not None else " " * 11
     took = f"{r['timeTakenSeconds']:6.1f}s" if r.get("timeTakenSeconds") is not None else " " * 7
@@ -354,6 +376,7 @@ def list_command(as_json: bool) -> int:
     rt = runtime()
     jobs = _job_store()
     if jobs is not None:
+        _end_interrupted_records(jobs)
         records = list(jobs.records())
         header = (f"{'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  {'TIME':>7}  "
                   f"{'SIZE':>11}  {'VERSION':12}  CERTIFICATE / REASON / ALERT")
@@ -401,6 +424,7 @@ def show(backup_id: str, as_json: bool) -> int:
         from shared.layout import parse_backup_id
 
         wanted = parse_backup_id(backup_id)
+        _end_interrupted_records(jobs)
         record = jobs.get(wanted)
         if record is None:
             raise NotFoundError(f"No backup job {wanted} in the job records of this stamp. "

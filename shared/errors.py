@@ -86,9 +86,17 @@ class RefusedError(InfraBackupError):
 
 
 class LockHeldError(RefusedError):
-    """Another backup of the same stamp holds the share lock."""
+    """Another backup of the same stamp holds the share lock.
+
+    ``holder`` is what the holder wrote into the lock file (its holder text), when it
+    could be read: it names the holding run (:func:`shared.job_recovery.holder`).
+    """
 
     code = "BackupAlreadyRunning"
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ShareError(InfraBackupError):

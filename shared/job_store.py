@@ -18,7 +18,10 @@ and paths only. Lists and objects are stored as JSON text in a column named ``<f
 
 The claim makes "at most one job per stamp queued or running" atomic across function
 instances: creating the ``claim`` entity fails with a conflict when it exists, so of two
-concurrent requests exactly one wins. The worker deletes it when its job ends.
+concurrent requests exactly one wins. The delivery that runs the job - the one holding the
+stamp's share lock - marks the claim with its run token (``owner``) and deletes it when the
+job has ended; a delivery that does not own it (a duplicate, or one that could not reach
+the share) never releases an owned claim. Every delete is conditional on the ETag read.
 """
 
 from __future__ import annotations
@@ -165,7 +168,51 @@ class JobStore:
         with translate_storage_errors(f"updating job {backup_id}"):
             self.table.upsert_entity(entity, mode=UpdateMode.MERGE)
 
+    def update_if(self, backup_id: str, etag: str, **fields: Any) -> bool:
+        """Merge ``fields`` into the job's row only if it is unchanged since it was read
+        with ``etag`` (:meth:`get_versioned`); False when someone wrote it meanwhile."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        key = self._key(backup_id)
+        if key is None:
+            return False
+        entity = {"PartitionKey": self.partition, "RowKey": key, **to_entity(fields)}
+        try:
+            with translate_storage_errors(f"updating job {backup_id}"):
+                self.table.update_entity(entity, mode=UpdateMode.MERGE, etag=etag,
+                                         match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
     # -- reading --------------------------------------------------------------------------
+
+    def get_versioned(self, backup_id: str) -> tuple[dict[str, Any], str] | None:
+        """The job and its row's ETag (for :meth:`update_if`), or None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        key = self._key(backup_id)
+        if key is None:
+            return None
+        try:
+            with translate_storage_errors(f"reading job {backup_id}"):
+                entity = self.table.get_entity(self.partition, key)
+        except ResourceNotFoundError:
+            return None
+        return from_entity(entity), str(entity.metadata["etag"])
+
+    def running(self) -> list[tuple[dict[str, Any], str]]:
+        """Every job of the stamp recorded ``Running``, with its row's ETag."""
+        with translate_storage_errors("listing running jobs"):
+            entities = list(self.table.query_entities(
+                "PartitionKey eq @pk and status eq @s",
+                parameters={"pk": self.partition, "s": "Running"}))
+        with self._keys_lock:
+            for e in entities:
+                self._keys[str(e.get("backupId"))] = str(e["RowKey"])
+        return [(from_entity(e), str(e.metadata["etag"])) for e in entities]
 
     def get(self, backup_id: str) -> dict[str, Any] | None:
         """The job with this (canonical) id, or None."""
@@ -308,6 +355,19 @@ class StampClaim:
             return now - dt.datetime.fromisoformat(str(last)) > QUEUED_STALE
         return False
 
+    def owner(self, backup_id: str) -> str | None:
+        """The run token that took the claim of ``backup_id``, or None (no such claim, or
+        no run has taken it yet)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with translate_storage_errors("reading the stamp's claim"):
+                current = self.table.get_entity(self.partition, self.ROW)
+        except ResourceNotFoundError:
+            return None
+        owner = current.get("owner") if current.get("backupId") == backup_id else None
+        return str(owner) if owner else None
+
     def holder(self) -> str | None:
         """The backup id holding the claim, or None."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -318,8 +378,58 @@ class StampClaim:
         except ResourceNotFoundError:
             return None
 
-    def release(self, backup_id: str) -> None:
-        """Drop the claim if ``backup_id`` holds it (a newer job's claim stays)."""
+    def take(self, backup_id: str, owner: str) -> None:
+        """Mark the claim of ``backup_id`` as owned by the run ``owner``, which holds the
+        stamp's share lock and so is the only run of the job (a dead owner's mark is
+        replaced). A missing claim is made again, so the API refuses while the job runs;
+        a claim of another job is left alone (that job waits for the lock)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        for _ in range(5):
+            try:
+                with translate_storage_errors("reading the stamp's claim"):
+                    current = self.table.get_entity(self.partition, self.ROW)
+            except ResourceNotFoundError:
+                try:
+                    with translate_storage_errors("claiming the stamp"):
+                        self.table.create_entity({
+                            "PartitionKey": self.partition, "RowKey": self.ROW,
+                            "backupId": backup_id, "owner": owner,
+                            "claimedUtc": self.clock().isoformat()})
+                    return
+                except ResourceExistsError:
+                    continue  # a request claimed the stamp meanwhile: look again
+            if current.get("backupId") != backup_id:
+                log.warning("job %s runs while job %s holds the stamp's claim",
+                            backup_id, current.get("backupId"))
+                return
+            if current.get("owner") == owner:
+                return
+            try:
+                with translate_storage_errors("taking the stamp's claim"):
+                    self.table.update_entity(
+                        {"PartitionKey": self.partition, "RowKey": self.ROW, "owner": owner},
+                        mode=UpdateMode.MERGE, etag=current.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified)
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        log.warning("job %s: the stamp's claim kept changing; not marked", backup_id)
+
+    def release(self, backup_id: str, owner: str | None = None, *,
+                job_ended: bool = False) -> None:
+        """Drop the claim if it names ``backup_id`` (a newer job's claim stays) and is not
+        owned by another run than ``owner``.
+
+        ``job_ended``: the job's record is final (or was just made so by a caller that
+        established that its owner is gone), so whoever owned the claim is done with it.
+        """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
@@ -327,6 +437,11 @@ class StampClaim:
             with translate_storage_errors("releasing the stamp's claim"):
                 current = self.table.get_entity(self.partition, self.ROW)
                 if current.get("backupId") != backup_id:
+                    return
+                holder = current.get("owner")
+                if not job_ended and holder is not None and holder != owner:
+                    log.info("job %s: the claim is owned by run %s, not released here",
+                             backup_id, holder)
                     return
                 self.table.delete_entity(current, etag=current.metadata["etag"],
                                          match_condition=MatchConditions.IfNotModified)

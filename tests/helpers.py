@@ -141,3 +141,22 @@ def tree(root: Path) -> dict[str, Any]:
         else:
             out[rel] = ("file", path.read_bytes())
     return out
+
+
+def run_command(*args: str) -> tuple[int, Any]:
+    """Run ``infrabackup ARGS --json`` in this process, with the settings in the environment
+    (a test's own process, when the command's process is not what is tested); its exit code
+    and its JSON output."""
+    import contextlib
+    import io
+
+    from shared.cli import main
+
+    out = io.StringIO()
+    code: Any = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([*args, "--json"])
+        except SystemExit as exc:
+            code = exc.code
+    return int(code or 0), json.loads(out.getvalue() or "null")

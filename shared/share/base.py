@@ -18,12 +18,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import PathError
+from shared.errors import LockHeldError, PathError
 from shared.inputs import load_json
 
 #: Temporary files written by ``write_stream`` carry this marker until renamed; prune
 #: and failed-backup clean-up recognise them by it.
 PARTIAL_MARKER = ".partial-"
+
+#: The byte range (offset, length) of the lock file that both backends lock as well,
+#: exclusively: an SMB byte-range lock there (SmbShare) and an fcntl lock there
+#: (LocalShare) are the same lock on a Samba server, which maps SMB byte-range locks to
+#: POSIX locks on the served file (``posix locking``, its default). So a backup over the
+#: server's local path and one over SMB see each other (docs/SMB.md, "Locking"). It lies
+#: far beyond the holder text at offset 0, which readers of either kind must still read.
+LOCK_RANGE = (1 << 32, 1)
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,9 @@ class Share(Protocol):
     * ``remove`` and ``remove_tree`` succeed when the target is already gone.
     * ``lock`` holds an exclusive lock until the context exits, or until the process
       dies (the server releases it); a second holder gets LockHeldError naming the
-      first holder and since when.
+      first holder and since when. Besides its own mechanism (an flock, an SMB share
+      mode) each backend locks :data:`LOCK_RANGE` of the file, so the local and the SMB
+      path to the same folder exclude each other too.
     """
 
     description: str
@@ -114,6 +124,16 @@ def lock_info(holder: str) -> bytes:
             "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     ).encode()
+
+
+def held_error(raw: bytes) -> LockHeldError:
+    """The LockHeldError for what a lock file says about its holder; ``.holder`` is the
+    holder text (None when the file cannot be read as a holder's)."""
+    try:
+        holder = json.loads(raw.decode())["holder"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        holder = None
+    return LockHeldError(held_message(raw), holder=holder if isinstance(holder, str) else None)
 
 
 def held_message(raw: bytes) -> str:

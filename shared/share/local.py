@@ -6,8 +6,10 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import logging
 import os
 import shutil
+import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,20 +19,21 @@ from shared.errors import (
     CapacityError,
     GeneralFault,
     InfraBackupError,
-    LockHeldError,
     PathError,
 )
 from shared.share.base import (
+    LOCK_RANGE,
     PARTIAL_MARKER,
     Capacity,
     Entry,
     check_path,
-    held_message,
+    held_error,
     lock_info,
     parent_and_name,
 )
 
 READ_CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -137,15 +140,22 @@ class LocalShare:
 
     @contextlib.contextmanager
     def lock(self, path: str, holder: str) -> Iterator[None]:
-        """An flock on ``path``; the kernel drops it when the holding process dies."""
+        """An flock on ``path`` and an fcntl lock on its :data:`LOCK_RANGE`; the kernel
+        drops both when the holding process dies.
+
+        The flock excludes every other local holder; the range lock is what a Samba
+        server serving this folder sees (it maps SMB byte-range locks to POSIX locks),
+        so a backup of the same stamp over SMB is excluded too (docs/SMB.md, "Locking").
+        """
         self.make_dirs(parent_and_name(path)[0])
         with translate_os_errors(f"locking {path}"):
             fd = os.open(self._path(path), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_range(fd, path)
             except BlockingIOError:
-                raise LockHeldError(held_message(os.pread(fd, 4096, 0))) from None
+                raise held_error(os.pread(fd, 4096, 0)) from None
             info = lock_info(holder)
             with translate_os_errors(f"locking {path}"):
                 os.ftruncate(fd, 0)
@@ -156,6 +166,38 @@ class LocalShare:
 
     def close(self) -> None:
         """Nothing to release: locks are released when their context exits."""
+
+
+#: Open-file-description locks (Linux): owned by the open file like an flock, so a second
+#: open in the same process conflicts and closing another descriptor releases nothing.
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+#: ``struct flock`` on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD), padding.
+_FLOCK = "hhqqi4x"
+
+
+def _lock_range(fd: int, path: str) -> None:
+    """Lock :data:`LOCK_RANGE` of the open lock file exclusively; BlockingIOError if held.
+
+    Where the platform or the file system has no OFD locks the flock alone stands (the
+    SMB side is then not seen, as before): logged, not fatal.
+    """
+    if _F_OFD_SETLK is None:
+        log.warning("locking %s: no OFD locks on this platform; an SMB backup of the same "
+                    "folder is not excluded", path)
+        return
+    offset, length = LOCK_RANGE
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET,
+                                                  offset, length, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(exc.errno, exc.strerror) from None
+        if exc.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+            log.warning("locking %s: the file system refuses byte-range locks (%s); an SMB "
+                        "backup of the same folder is not excluded", path, exc.strerror)
+            return
+        with translate_os_errors(f"locking {path}"):
+            raise
 
 
 def _entry(name: str, st: os.stat_result) -> Entry:

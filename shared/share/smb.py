@@ -50,6 +50,7 @@ from smbprotocol.exceptions import (
     SMBResponseException,
 )
 from smbprotocol.file_info import FileAttributes
+from smbprotocol.open import LockFlags, SMB2LockElement
 from smbprotocol.session import Session
 
 from shared.errors import (
@@ -58,17 +59,16 @@ from shared.errors import (
     ConnectivityError,
     GeneralFault,
     InfraBackupError,
-    LockHeldError,
     PathError,
-    ShareError,
 )
 from shared.settings import Secret, Settings, UncPath
 from shared.share.base import (
+    LOCK_RANGE,
     PARTIAL_MARKER,
     Capacity,
     Entry,
     check_path,
-    held_message,
+    held_error,
     lock_info,
     parent_and_name,
 )
@@ -106,6 +106,8 @@ STATUS_SHARING_VIOLATION: Final = 0xC0000043
 STATUS_DISK_FULL: Final = 0xC000007F
 STATUS_BAD_NETWORK_NAME: Final = 0xC00000CC
 STATUS_NOT_FOUND: Final = 0xC0000225
+STATUS_NOT_SUPPORTED: Final = 0xC00000BB
+_LOCK_CONFLICT = frozenset({0xC0000055, 0xC0000054})  # LOCK_NOT_GRANTED, FILE_LOCK_CONFLICT
 
 _NOT_FOUND = frozenset({STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND})
 _SHARE_MISSING = frozenset({STATUS_BAD_NETWORK_NAME, STATUS_NOT_FOUND, 0xC00000BE})
@@ -595,6 +597,10 @@ class SmbShare:
         The lock is the open itself: the file is opened for writing and shared for reading
         only, so a second holder's open fails with a sharing violation (0xC0000043) while
         readers can still read who holds it (:func:`lock_info`: holder, host, pid, since).
+        The open also takes an exclusive byte-range lock on :data:`LOCK_RANGE`, which a
+        Samba server maps to a POSIX lock on the file: a LocalShare lock taken on the
+        server's own path to the folder refuses it (and is refused by it). The holder
+        text is written only once both are held, so a refused open leaves it intact.
         The open lives on a connection of its own; the server closes it (releasing the
         lock) when this process dies or its connection drops. A second holder gets
         LockHeldError naming the first. The parent folders are created as needed.
@@ -613,11 +619,13 @@ class SmbShare:
                 retry=True,
                 cache=cache,
             )
-            if handle is None:
-                raise LockHeldError(held_message(self._read_lock_info(path)))
+            if handle is None or not self._call(
+                f"locking {path}", lambda: _lock_range(handle, path), cache=cache, connect=False
+            ):
+                raise held_error(self._read_lock_info(path))
             info = lock_info(holder)
             self._call(
-                f"locking {path}", lambda: _write_fully(handle, info), cache=cache, connect=False
+                f"locking {path}", lambda: _rewrite(handle, info), cache=cache, connect=False
             )
             self._call(f"locking {path}", handle.flush, cache=cache, connect=False)
             yield
@@ -845,9 +853,11 @@ class SmbShare:
         return cast(SMBFileIO, handle)
 
     def _open_lock(self, unc: str, cache: dict[str, Connection]) -> SMBFileIO | None:
-        """The lock file opened for writing, shared for reading only; None if held."""
+        """The lock file opened for writing (created if missing, never truncated: a
+        holder on the server's local path keeps its text), shared for reading only; None
+        if held."""
         try:
-            return self._open(unc, "wb", share_access="r", cache=cache)
+            return self._open(unc, "ab", share_access="r", cache=cache)
         except SMBOSError as exc:
             if exc.ntstatus == STATUS_SHARING_VIOLATION:
                 return None
@@ -982,7 +992,7 @@ class SmbShare:
 
         try:
             return self._call(f"reading the lock {path}", read, retry=True)
-        except ShareError:
+        except InfraBackupError:  # also an empty file being rewritten (0xC0000011, EndOfFile)
             return b""
 
     def _discard(self, temp: str, cause: BaseException) -> None:
@@ -1012,6 +1022,36 @@ def _abort(connection: Connection) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _lock_range(handle: SMBFileIO, path: str) -> bool:
+    """Lock :data:`LOCK_RANGE` of the open lock file exclusively; False if it is held.
+
+    Held means another SMB client, or - through Samba's ``posix locking`` - a process on
+    the server holding a POSIX lock there (a LocalShare lock of the same folder). A server
+    without byte-range locks keeps the share-mode lock alone (logged).
+    """
+    element = SMB2LockElement()
+    element["offset"], element["length"] = LOCK_RANGE
+    element["flags"] = (LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+                        | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)
+    try:
+        handle.fd.lock([element])
+    except SMBResponseException as exc:
+        if exc.status in _LOCK_CONFLICT:
+            return False
+        if exc.status != STATUS_NOT_SUPPORTED:
+            raise
+        log.warning("locking %s: the server has no byte-range locks; a backup over its "
+                    "local path to the folder is not excluded", path)
+    return True
+
+
+def _rewrite(handle: SMBFileIO, data: bytes) -> None:
+    """Replace the open file's content with ``data``."""
+    handle.truncate(0)
+    handle.seek(0)
+    _write_fully(handle, data)
 
 
 def _write_fully(handle: SMBFileIO, data: bytes) -> None:
