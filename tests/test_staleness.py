@@ -55,7 +55,7 @@ def test_a_schedule_that_never_fires_has_no_gap() -> None:
 
 
 @pytest.mark.parametrize(("value", "schedule", "needle"), [
-    ("twelve", "0 0 */12 * * *", "'twelve' is not a whole number. Example: 25."),
+    ("twelve", "0 0 */12 * * *", "'twelve' is not a whole number (ASCII digits 0-9). Example: 25."),
     ("0", "0 0 */12 * * *", "0 is outside 1-48. Example: 25."),
     ("49", "0 0 */12 * * *", "49 is outside 1-48. Example: 25."),
     ("12.5", "0 0 */12 * * *", "is not a whole number"),
