@@ -199,25 +199,32 @@ def _records(
 ) -> Iterator[bytes | memoryview]:
     """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``).
 
-    Records are views into one joined buffer where possible: each byte is copied once
-    on its way from the chunks to the cipher, which takes any bytes-like object.
+    A record that lies inside one chunk is a view into it (no copy); only a record that
+    spans chunks is gathered into a buffer of its own. The cipher takes any bytes-like
+    object, so each byte is copied at most once on its way from the chunks to it.
     """
-    pending: list[bytes] = []
+    pending: list[memoryview] = []
     have = 0
     for chunk in chunks:
-        if not have and len(chunk) == size:
-            yield chunk
+        view = memoryview(chunk).cast("B")
+        if have:
+            need = size - have
+            if len(view) < need:
+                pending.append(view)
+                have += len(view)
+                continue
+            pending.append(view[:need])
+            yield b"".join(pending)
+            view = view[need:]
+            pending, have = [], 0
+        whole = len(view) - len(view) % size
+        if whole == len(view) == size:
+            yield chunk if isinstance(chunk, bytes) and len(chunk) == size else view
             continue
-        pending.append(chunk)
-        have += len(chunk)
-        if have < size:
-            continue
-        joined = memoryview(b"".join(pending))
-        whole = have - have % size
         for start in range(0, whole, size):
-            yield joined[start : start + size]
-        rest = bytes(joined[whole:])
-        pending, have = ([rest], len(rest)) if rest else ([], 0)
+            yield view[start : start + size]
+        if whole < len(view):
+            pending, have = [view[whole:]], len(view) - whole
     if have or empty_tail:
         yield b"".join(pending)
 

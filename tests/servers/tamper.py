@@ -3,8 +3,9 @@ the server's answers (the one thing no real server does on request).
 
 Client → server bytes pass unchanged. Server → client bytes are cut into Direct TCP frames
 (4-byte length, then the SMB2 message or its encrypted transform) and each frame is offered
-to ``tamper(frame_number, frame) -> bytes`` before it is forwarded; the default forwards it
-unchanged. Every frame's SMB2 header (when readable) is recorded in ``seen`` as
+to ``tamper(frame_number, frame) -> bytes | list[bytes]`` before it is forwarded (a list:
+several frames, e.g. an interim answer inserted before the real one); the default forwards
+it unchanged. Every frame's SMB2 header (when readable) is recorded in ``seen`` as
 (command, status, flags, length), so a test can also assert what the server sent.
 """
 
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Tamper = Callable[[int, bytearray], bytes | bytearray]
+Tamper = Callable[[int, bytearray], bytes | bytearray | list[bytes]]
 
 SMB2_READ = 0x0008
 SMB2_WRITE = 0x0009
@@ -106,7 +107,8 @@ class TamperProxy:
                     if header is not None:
                         self.seen.append((*header, len(frame)))
                 out = self.tamper(number, frame) if self.tamper is not None else frame
-                client.sendall(struct.pack(">I", len(out)) + bytes(out))
+                for piece in out if isinstance(out, list) else [out]:
+                    client.sendall(struct.pack(">I", len(piece)) + bytes(piece))
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_WR)
 
@@ -121,3 +123,16 @@ def _exactly(sock: socket.socket, n: int) -> bytearray | None:
             return None
         got += count
     return buffer
+
+
+def interim_for(frame: bytes | bytearray, async_id: int) -> bytes:
+    """The unsigned STATUS_PENDING interim answer a server sends before ``frame`` (a final
+    answer): same command and message id, ASYNC flag, no credits, an empty error body."""
+    header = bytearray(frame[:64])
+    struct.pack_into("<I", header, 8, STATUS_PENDING)
+    struct.pack_into("<H", header, 14, 0)  # grants no credits: the server granted none
+    flags = struct.unpack_from("<I", header, 16)[0]
+    struct.pack_into("<I", header, 16, (flags | FLAG_ASYNC) & ~FLAG_SIGNED)
+    struct.pack_into("<Q", header, 32, async_id)
+    header[48:64] = bytes(16)
+    return bytes(header) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\0"

@@ -112,7 +112,7 @@ class _Slot:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.count = 0
-        self.data: bytearray | None = None
+        self.data: bytes | bytearray | None = None
 
 
 class Wire:
@@ -292,10 +292,31 @@ class Wire:
             raise SMBConnectionClosed("the server closed the connection")
         return buffer
 
+    def _take(self, size: int) -> bytes:
+        """``size`` bytes in one fresh bytes object (a payload: one copy from the kernel,
+        no zero-filled buffer first)."""
+        if not size:
+            return b""
+        with self.close_lock:
+            if not self.transport.connected:
+                raise SMBConnectionClosed("the connection was closed")
+            try:
+                data = self.sock.recv(size, socket.MSG_WAITALL)
+            except OSError as exc:
+                if exc.errno not in _EOF_ERRNOS:
+                    raise
+                data = b""
+        if len(data) == size:
+            return data
+        if not data:
+            raise SMBConnectionClosed("the server closed the connection")
+        return data + bytes(self._read(size - len(data)))  # interrupted: rare
+
     def _message(self, length: int) -> bytes | None:
-        peek = self._read(min(length, _PEEK))
-        if peek[:4] == TRANSFORM_MAGIC:
-            return self._encrypted(peek, length)
+        peek = self._read(min(length, 4))
+        if peek[:4] == TRANSFORM_MAGIC and length >= TRANSFORM_SIZE:
+            return self._encrypted(peek + self._read(TRANSFORM_SIZE - 4), length)
+        peek += self._read(min(length, _PEEK) - len(peek))
         if peek[:4] != SMB2_MAGIC or len(peek) < HEADER_SIZE:
             raise BadSignature("not an SMB2 message")
         fields = HEADER.unpack_from(peek, 0)
@@ -316,9 +337,9 @@ class Wire:
             trailer = length - data_offset - data_length
             if data_offset < _PEEK or trailer < 0:
                 raise BadSignature(f"message {message_id}: malformed READ response")
-            pad = self._read(data_offset - _PEEK)
-            data = self._read(data_length)
-            tail = self._read(trailer)
+            pad = self._take(data_offset - _PEEK)
+            data = self._take(data_length)
+            tail = self._take(trailer)
             if signer is not None:
                 verify(*signer, view, (pad, data, tail))
             self._grant(credits)
@@ -335,12 +356,10 @@ class Wire:
         return None
 
     def _encrypted(self, peek: bytearray, length: int) -> bytes | None:
+        """An encrypted message whose transform header is ``peek`` (52 bytes)."""
         if length < TRANSFORM_SIZE + HEADER_SIZE:
             raise BadTransform("encrypted message too short")
-        body = bytearray(length - TRANSFORM_SIZE)
-        body[: len(peek) - TRANSFORM_SIZE] = peek[TRANSFORM_SIZE:]
-        if not self._fill(memoryview(body)[len(peek) - TRANSFORM_SIZE:]):
-            raise SMBConnectionClosed("the server closed the connection")
+        body = self._take(length - TRANSFORM_SIZE)
         transform_header = memoryview(peek)[:TRANSFORM_SIZE]
         session_id = struct.unpack_from("<Q", peek, 44)[0]
         session = self._encrypted_session(session_id)
@@ -405,7 +424,7 @@ class Wire:
     def _grant(self, credits: int) -> None:
         _compat.grant_credits(self.connection, credits, self.multi_credit)
 
-    def _complete(self, slot: _Slot, status: int, *, data: bytearray | None = None,
+    def _complete(self, slot: _Slot, status: int, *, data: bytes | bytearray | None = None,
                   body: bytes = b"") -> None:
         with self.lock:
             self.slots.pop(slot.message_id, None)
@@ -678,7 +697,7 @@ class FileChannel:
             raise
         return written
 
-    def read(self, start: int, end: int, chunk_size: int) -> Iterator[bytearray]:
+    def read(self, start: int, end: int, chunk_size: int) -> Iterator[bytes | bytearray]:
         """Yield the bytes ``start..end`` of the file in chunks of at most ``chunk_size``,
         each in a buffer of its own, ``depth`` requests ahead. GeneralFault SHORT_READ if
         the server returns less (the file shrank while it was read)."""
@@ -701,7 +720,7 @@ class FileChannel:
             if not self.inflight:
                 return
             slot = self._settle()
-            data = slot.data if slot.data is not None else bytearray()
+            data = slot.data if slot.data is not None else b""
             if len(data) != slot.length:
                 raise GeneralFault(
                     f"{self.what}: the server returned {len(data)} of {slot.length} bytes; "

@@ -409,7 +409,7 @@ class SmbShare(SmbSession):
         are complete (renamed into place) before anything reads them.
         """
         size = int(handle.fd.end_of_file or 0)
-        # bytearray: each chunk is a buffer of its own, as the receiver filled it.
+        # bytes, or bytearray from an encrypted session: each chunk a buffer of its own.
         yield from cast(Iterator[bytes],
                         self._channel(handle, f"reading {path}").read(start, size, chunk_size))
 
