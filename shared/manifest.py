@@ -33,6 +33,8 @@ class ComponentRecord:
     plaintext_bytes: int = 0
     ciphertext_bytes: int = 0
     sha256: str | None = None
+    #: Stream format 2 records the BLAKE3 digest of the .bin instead of its SHA-256.
+    blake3: str | None = None
     files: int = 0
     folders: int = 0
     duration_seconds: float = 0.0
@@ -42,6 +44,7 @@ class ComponentRecord:
     skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"blake3": self.blake3} if self.blake3 is not None else {}
         return {
             "name": self.name,
             "scope": self.scope,
@@ -58,6 +61,7 @@ class ComponentRecord:
             "changedDuringBackup": self.changed,
             "vanishedDuringBackup": self.vanished,
             "skipped": self.skipped,
+            **extra,
         }
 
     @classmethod
@@ -71,6 +75,7 @@ class ComponentRecord:
             plaintext_bytes=int(data.get("plaintextBytes", 0)),
             ciphertext_bytes=int(data.get("ciphertextBytes", 0)),
             sha256=data.get("sha256"),
+            blake3=data.get("blake3"),
             files=int(data.get("files", 0)),
             folders=int(data.get("folders", 0)),
             duration_seconds=float(data.get("durationSeconds", 0.0)),
