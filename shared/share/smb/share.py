@@ -1,4 +1,5 @@
-"""An SMB 2/3 file share as the backup target, through smbprotocol.
+"""An SMB 2/3 file share as the backup target: smbprotocol for the session and metadata,
+the fast data path (:mod:`.pipe`) for READ and WRITE.
 
 How it behaves (docs/SMB.md has the long form and the fault table as observed):
 
@@ -9,11 +10,13 @@ How it behaves (docs/SMB.md has the long form and the fault table as observed):
   process-wide one); :meth:`SmbShare.close` closes it. A held lock has a connection of its
   own, so a data-path fault that drops a connection never silently drops the lock.
 * **Deadlines.** smbprotocol has no request timeout: a frozen server hangs a call forever.
-  Every request runs in a worker thread and the caller waits at most
+  Every smbprotocol request runs in a worker thread and the caller waits at most
   ``BACKUP_SHARE_TIMEOUT_SECONDS`` for it; when the deadline passes, the connection's socket
-  is shut down (which unblocks the worker) and the caller gets a ConnectivityError. A
-  streamed write gets the deadline per request (one request carries up to
-  :data:`WRITE_SIZE` bytes), so a long upload never times out while it makes progress.
+  is shut down (which unblocks the worker) and the caller gets a ConnectivityError. The data
+  path keeps the same deadline per READ/WRITE request (one carries up to :data:`WRITE_SIZE`
+  bytes) without threads, so a long upload never times out while it makes progress.
+* **Trust.** Every answer's signature is verified (the SIGNED flag required on final
+  answers) or, in an encrypted session, its encryption authenticated (:mod:`.pipe`).
 * **Retries.** Idempotent operations (connect, list, stat, make folders, remove, rename,
   capacity, opening a file) are retried up to :data:`RETRIES` times on a ConnectivityError,
   with exponential backoff and a fresh connection. Authentication, path and capacity faults
