@@ -362,9 +362,10 @@ class Wire:
         body = self._take(length - TRANSFORM_SIZE)
         transform_header = memoryview(peek)[:TRANSFORM_SIZE]
         session_id = struct.unpack_from("<Q", peek, 44)[0]
-        session = self._encrypted_session(session_id)
-        if session is None:
-            return bytes(peek[:TRANSFORM_SIZE]) + bytes(body)  # not a session of ours
+        # Any session with keys: a share may require encryption where the session does not.
+        session = self.connection.session_table.get(session_id)
+        if session is None or not session.decryption_key:
+            return bytes(peek[:TRANSFORM_SIZE]) + bytes(body)  # smbprotocol will say why
         transform = self.transform(session)
         head_size = min(len(body), _PEEK)
         state, head = transform.open_head(transform_header, memoryview(body), head_size)
