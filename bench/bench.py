@@ -184,6 +184,8 @@ def main() -> None:
         results = run_all(work, server, args, big_dir, big_size, tree, tree_size)
     finally:
         server.teardown()
+        if args.out is None:  # a temporary folder of a few GiB: not left behind
+            shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
 
 
