@@ -2,12 +2,14 @@
 
 Usage: ``python -m bench.bench [--gib 1] [--files 20000] [--repeat 3] [--encrypt] [--out DIR]``
 (``make bench`` runs it with the defaults; ``make bench BENCH_ARGS=--encrypt`` compares with
-SMB 3 encryption). It starts its own Samba on 127.0.0.1 with signing on, as in production,
-and no SMB encryption offered, so that both clients sign and neither encrypts (infrabackup
-encrypts whenever the server offers it); it makes the data (one file of incompressible
-bytes, and a tree of small files), and runs each tool ``--repeat`` times, printing the
-median throughput (MiB/s of source bytes), the median peak RSS, and the ratios to the peers
-as a Markdown table. Not a test: it asserts nothing, it measures.
+SMB 3 encryption; ``--files 0`` skips the small-file tree). It starts its own Samba on
+127.0.0.1 with signing on, as in production, and no SMB encryption offered, so that both
+clients sign and neither encrypts (infrabackup encrypts whenever the server offers it); it
+makes the data (one file of incompressible bytes, and a tree of small files), and runs each
+tool ``--repeat`` times, interleaved, printing the median throughput (MiB/s of source
+bytes), the median peak RSS, the median CPU seconds of the tool's own processes and of smbd
+(its connection processes included) during that run, and the ratios to the peers as a
+Markdown table. Not a test: it asserts nothing, it measures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,15 +34,17 @@ from shared.keys import generate_certificate  # noqa: E402
 from tests.servers.samba import PASSWORD, USERNAME, SambaServer  # noqa: E402
 
 MIB = 1024 * 1024
-# Runs a command and prints its wall time and its peak RSS on stderr's last line.
+# Runs a command and prints its wall time, peak RSS and CPU seconds on stderr's last line.
 _MEASURE = (
     "import resource, subprocess, sys, time\n"
     "t = time.perf_counter()\n"
     "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
     "dt = time.perf_counter() - t\n"
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-    "print(f'MEASURE {dt} {rss} {code}', file=sys.stderr)\n"
+    "use = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "rss, cpu = use.ru_maxrss * 1024, use.ru_utime + use.ru_stime\n"
+    "print(f'MEASURE {dt} {rss} {code} {cpu}', file=sys.stderr)\n"
 )
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -49,6 +54,15 @@ class Result:
     nbytes: int
     seconds: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    smbd_cpu: list[float] = field(default_factory=list)
+
+    def add(self, sample: tuple[float, int, float, float]) -> None:
+        seconds, rss, cpu, smbd = sample
+        self.seconds.append(seconds)
+        self.rss.append(rss)
+        self.cpu.append(cpu)
+        self.smbd_cpu.append(smbd)
 
     @property
     def mib_s(self) -> float:
@@ -59,16 +73,63 @@ class Result:
         return statistics.median(self.rss) / MIB
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def smbd_cpu_seconds(server: SambaServer) -> float:
+    """CPU seconds smbd has used so far: the server, its live children, and (through the
+    server's cutime/cstime) every connection process that has exited and been reaped."""
+    assert server.proc is not None
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, pgid = int(entry.name), int(fields[2])
+        if pgid != server.proc.pid:
+            continue
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += utime + stime + (cutime + cstime if pid == server.proc.pid else 0)
+    return total / _TICK
+
+
+def _connections_gone(server: SambaServer, seconds: float = 5.0) -> None:
+    """Wait until smbd's connection processes exited (so their CPU time is counted)."""
+    assert server.proc is not None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        children = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                comm = (entry / "comm").read_text().strip()
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children += comm == "smbd" and ppid == server.proc.pid
+        if not children:
+            return
+        time.sleep(0.05)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None,
+            server: SambaServer | None = None) -> tuple[float, int, float, float]:
+    """(wall seconds, peak RSS, CPU seconds of the command, CPU seconds of smbd)."""
+    before = smbd_cpu_seconds(server) if server is not None else 0.0
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURE, *cmd], env={**os.environ, **(env or {})},
         capture_output=True, text=True, check=False,
     )
     line = [x for x in proc.stderr.splitlines() if x.startswith("MEASURE ")][-1]
-    _, seconds, rss, code = line.split()
+    _, seconds, rss, code, cpu = line.split()
     if code != "0":
         raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-3000:]}")
-    return float(seconds), int(rss)
+    smbd = 0.0
+    if server is not None:
+        _connections_gone(server)
+        smbd = smbd_cpu_seconds(server) - before
+    return float(seconds), int(rss), float(cpu), smbd
 
 
 def make_data(root: Path, gib: float, files: int) -> tuple[Path, int, Path, int]:
@@ -123,6 +184,8 @@ def main() -> None:
         results = run_all(work, server, args, big_dir, big_size, tree, tree_size)
     finally:
         server.teardown()
+        if args.out is None:  # a temporary folder of a few GiB: not left behind
+            shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
 
 
@@ -151,8 +214,10 @@ def run_all(work: Path, server: SambaServer, args: argparse.Namespace, big_dir: 
            "--client-protection=" + ("encrypt" if args.encrypt else "sign")]
     cli = [sys.executable, "-m", "shared"]
     results: list[Result] = []
-    for label, source, nbytes in (("1 file", big_dir, big_size),
-                                  (f"{args.files} files", tree, tree_size)):
+    datasets = [("1 file", big_dir, big_size)]
+    if args.files:
+        datasets.append((f"{args.files} files", tree, tree_size))
+    for label, source, nbytes in datasets:
         env = {**base_env, "BACKUP_SOURCES": json.dumps(
             [{"name": "Data", "type": "directory", "path": str(source)}])}
         ours_b = Result("infrabackup backup", label, nbytes)
@@ -163,32 +228,24 @@ def run_all(work: Path, server: SambaServer, args: argparse.Namespace, big_dir: 
         for i in range(args.repeat):
             print(f"{label}: round {i + 1} of {args.repeat}", file=sys.stderr)
             clear(share_dir)
-            t, rss = measure([*cli, "backup"], env)
-            ours_b.seconds.append(t)
-            ours_b.rss.append(rss)
+            ours_b.add(measure([*cli, "backup"], env, server))
             backup_id = latest_id(cli, env)
             dest = work / f"restore-{i}"
-            t, rss = measure([*cli, "restore", backup_id, "--to", str(dest)], env)
-            ours_r.seconds.append(t)
-            ours_r.rss.append(rss)
+            ours_r.add(measure([*cli, "restore", backup_id, "--to", str(dest)], env, server))
             shutil.rmtree(dest)
             clear(share_dir)
-            t, rss = measure([*smb, "-c", f'lcd "{source}"; prompt OFF; recurse ON; mput *'])
-            put.seconds.append(t)
-            put.rss.append(rss)
+            put.add(measure([*smb, "-c", f'lcd "{source}"; prompt OFF; recurse ON; mput *'],
+                            server=server))
             got = work / f"get-{i}"
             got.mkdir()
-            t, rss = measure([*smb, "-c", f'lcd "{got}"; prompt OFF; recurse ON; mget *'])
-            get.seconds.append(t)
-            get.rss.append(rss)
+            get.add(measure([*smb, "-c", f'lcd "{got}"; prompt OFF; recurse ON; mget *'],
+                            server=server))
             shutil.rmtree(got)
             repo = work / f"restic-{i}"
             renv = {"RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
             subprocess.run(["restic", "init"], env={**os.environ, **renv},
                            capture_output=True, check=True)
-            t, rss = measure(["restic", "backup", "--quiet", str(source)], renv)
-            restic.seconds.append(t)
-            restic.rss.append(rss)
+            restic.add(measure(["restic", "backup", "--quiet", str(source)], renv))
             shutil.rmtree(repo)
         results += [ours_b, ours_r, put, get, restic]
     clear(share_dir)
@@ -213,9 +270,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     by = {(r.tool, r.data): r for r in results}
     mode = "SMB 3 encryption" if args.encrypt else "signing, no encryption"
     print(f"\nMedian of {args.repeat} runs; Samba on 127.0.0.1, {mode}; "
-          f"{os.cpu_count()} CPUs; MiB/s of source bytes.\n")
-    print("| data | tool | MiB/s | peak RSS (MiB) | ratio |")
-    print("|---|---|---:|---:|---|")
+          f"{os.cpu_count()} CPUs; MiB/s of source bytes; CPU seconds of the tool's "
+          "processes and of smbd during the run.\n")
+    print("| data | tool | MiB/s | peak RSS (MiB) | CPU s | smbd CPU s | ratio |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for r in results:
         ratio = ""
         if r.tool == "infrabackup backup":
@@ -226,7 +284,11 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         elif r.tool == "infrabackup restore":
             get = by[("smbclient get", r.data)]
             ratio = f"{r.mib_s / get.mib_s:.2f}× smbclient get"
-        print(f"| {r.data} | {r.tool} | {r.mib_s:.0f} | {r.peak_mib:.0f} | {ratio} |")
+        smbd = f"{statistics.median(r.smbd_cpu):.2f}" if r.tool.startswith(("infra", "smb")) else ""
+        print(f"| {r.data} | {r.tool} | {r.mib_s:.0f} | {r.peak_mib:.0f} | "
+              f"{statistics.median(r.cpu):.2f} | {smbd} | {ratio} |")
+    if not args.files:
+        return
     big = by[("infrabackup backup", "1 file")]
     small = by[("infrabackup backup", f"{args.files} files")]
     per_byte = (statistics.median(small.seconds) / small.nbytes) / (

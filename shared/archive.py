@@ -104,7 +104,19 @@ def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
 def tar_stream(
     source: Source, stats: ArchiveStats, progress: Callable[[int], None] | None = None
 ) -> Iterator[bytes]:
-    """Yield ``source`` as tar bytes, filling ``stats`` as it goes."""
+    """Yield ``source`` as tar bytes, filling ``stats`` as it goes.
+
+    A large file's data is read in pieces that end where the stream's READ_SIZE blocks end,
+    so that the encryption's 1 MiB segments line up with them and need no gathering copy.
+    """
+    position = [0]
+    for piece in _tar_items(source, stats, progress, position):
+        position[0] += len(piece)
+        yield piece
+
+
+def _tar_items(source: Source, stats: ArchiveStats, progress: Callable[[int], None] | None,
+               position: list[int]) -> Iterator[bytes]:
     for entry in source.entries():
         if entry.kind == "dir":
             stats.folders += 1
@@ -115,12 +127,12 @@ def tar_stream(
         elif entry.kind == "special":
             stats.skipped.append(entry.path)
         else:
-            yield from _file(source, entry, stats, progress)
+            yield from _file(source, entry, stats, progress, position)
     yield b"\0" * (2 * BLOCK)
 
 
 def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
-          progress: Callable[[int], None] | None) -> Iterator[bytes]:
+          progress: Callable[[int], None] | None, position: list[int]) -> Iterator[bytes]:
     path = entry.path
     try:
         handle = source.open(entry)
@@ -149,7 +161,8 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
                 header += chunk
         yield header
         while remaining:
-            chunk = handle.read(min(READ_SIZE, remaining))
+            # position: the stream bytes before this read (the header was counted on yield)
+            chunk = handle.read(min(READ_SIZE - position[0] % READ_SIZE, remaining))
             if not chunk:
                 break
             remaining -= len(chunk)
@@ -204,17 +217,36 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+    def _fill(self) -> bool:
         while self._pos >= len(self._buffer):
             try:
                 self._buffer = next(self._it)
             except StopIteration:
-                return 0
+                return False
             self._pos = 0
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._fill():
+            return 0
         n = min(len(target), len(self._buffer) - self._pos)
-        target[:n] = self._buffer[self._pos : self._pos + n]
+        target[:n] = memoryview(self._buffer)[self._pos : self._pos + n]
         self._pos += n
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes; a whole chunk is returned as it is, without a copy (the
+        tar reader asks for a buffer's worth at a time)."""
+        if size is None or size < 0:
+            return self.readall()
+        if not self._fill():
+            return b""
+        start = self._pos
+        n = min(size, len(self._buffer) - start)
+        self._pos += n
+        if start == 0 and n == len(self._buffer) and isinstance(self._buffer, bytes):
+            return self._buffer
+        return bytes(memoryview(self._buffer)[start : start + n])
 
 
 def _safe_member_path(name: str) -> PurePosixPath:

@@ -21,7 +21,6 @@ on success or partial success.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import queue
 import threading
@@ -39,9 +38,12 @@ from shared.encryption import (
     COMPRESSION_NONE,
     COMPRESSION_ZSTD,
     DEFAULT_SEGMENT_SIZE,
+    DIGESTS,
     FORMAT_VERSION,
+    Digest,
     encrypt_stream,
     new_data_key,
+    new_digest,
 )
 from shared.errors import ConnectivityError, GeneralFault, InfraBackupError
 from shared.keys import KeyWrapper
@@ -110,6 +112,8 @@ class BackupOptions:
 
     segment_size: int = DEFAULT_SEGMENT_SIZE
     read_ahead: int = 8  # segments produced ahead of the share's writes
+    #: Stream format written (2; 1 only to test that old backups still read).
+    stream_format: int = FORMAT_VERSION
 
 
 @dataclass
@@ -197,7 +201,7 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
                 components=records,
                 warnings=list(ctx.wrapper.warnings),
                 stream={
-                    "format": FORMAT_VERSION,
+                    "format": ctx.options.stream_format,
                     "segmentSize": ctx.options.segment_size,
                     "compression": COMPRESSION_NAMES[_compression(settings)],
                 },
@@ -295,7 +299,8 @@ def _backup_component(
     record = ComponentRecord(name=spec.name, scope=spec.scope, source_type=spec.type,
                              status="Failed")
     stats = ArchiveStats()
-    digest = hashlib.sha256()
+    version = ctx.options.stream_format
+    digest = new_digest(DIGESTS[version])  # BLAKE3 for format 2, SHA-256 for 1
     started = time.monotonic()
     ctx.progress.component(spec.name)
     with ctx.observer.component(spec.name):
@@ -306,7 +311,8 @@ def _backup_component(
             plain = _guard_source(spec, tar_stream(source, stats, ctx.progress.advance))
             cipher = encrypt_stream(plain, data_key, spec.name,
                                     segment_size=ctx.options.segment_size,
-                                    compression=_compression(ctx.settings))
+                                    compression=_compression(ctx.settings),
+                                    version=version)
             written.append(path)
             # Reading, tar, encryption and hashing run ahead in a thread while the share
             # writes: CPU and network overlap, memory stays at depth x segment size.
@@ -335,7 +341,10 @@ def _backup_component(
         return record
     record.status = "Succeeded"
     record.file = path
-    record.sha256 = digest.hexdigest()
+    if DIGESTS[version] == "blake3":
+        record.blake3 = digest.hexdigest()
+    else:
+        record.sha256 = digest.hexdigest()
     notes = []
     if stats.changed:
         notes.append(f"{len(stats.changed)} file(s) changed during backup")
@@ -357,7 +366,7 @@ def _guard_source(spec: SourceSpec, chunks: Iterable[bytes]) -> Iterator[bytes]:
         ) from exc
 
 
-def _hashed(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+def _hashed(chunks: Iterable[bytes], digest: Digest) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
         yield chunk

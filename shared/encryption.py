@@ -1,8 +1,9 @@
-"""The encrypted stream format (version 1) and the manifest MAC. See docs/FORMAT.md.
+"""The encrypted stream format (version 2; version 1 is still read) and the manifest MAC.
+See docs/FORMAT.md.
 
 A component stream is a 28-byte header followed by segments::
 
-    header  = magic "IBKS" | version u8 = 1 | compression u8 | reserved u16 = 0
+    header  = magic "IBKS" | version u8 = 2 | compression u8 | reserved u16 = 0
               | segment_size u32 BE | salt 16 bytes
     segment = AES-256-GCM(stream_key, nonce(i, last), plaintext_i, aad=header)
 
@@ -16,6 +17,9 @@ where ``last`` is 1 only on the final segment. Every segment but the last holds 
 * truncation fails (the stream must end on a segment marked last);
 * moving a stream to another component or backup fails (the key differs).
 
+Versions 1 and 2 have the same bytes; they differ in the whole-file digest the manifest
+records for a keyless verify (:func:`new_digest`): SHA-256 in version 1, BLAKE3 in version 2.
+
 Memory: one segment in, one out; nothing grows with the stream.
 """
 
@@ -27,7 +31,7 @@ import json
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,7 +41,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared.errors import IntegrityError
 
 MAGIC = b"IBKS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Stream versions this build reads (docs/FORMAT.md: what each means).
+READABLE_VERSIONS = (1, 2)
+#: The keyless whole-file digest of each stream version, as named in the manifest.
+DIGESTS = {1: "sha256", 2: "blake3"}
 DATA_KEY_BYTES = 32  # AES-256
 TAG_BYTES = 16  # GCM tag
 SALT_BYTES = 16
@@ -61,6 +69,27 @@ def new_data_key() -> bytes:
     return os.urandom(DATA_KEY_BYTES)
 
 
+class Digest(Protocol):
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def new_digest(algorithm: str) -> Digest:
+    """A fresh whole-file digest: ``"blake3"`` (stream version 2) or ``"sha256"`` (1).
+
+    BLAKE3 costs about half of SHA-256's CPU here (0.40 against 0.75 s per GiB, with the
+    SHA extensions) and, like hashlib, releases the GIL while it hashes.
+    """
+    if algorithm == "blake3":
+        import blake3
+
+        return cast(Digest, blake3.blake3())
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"unknown digest {algorithm!r}")
+
+
 def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
 
@@ -76,12 +105,18 @@ def encrypt_stream(
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     compression: int = COMPRESSION_NONE,
+    version: int = FORMAT_VERSION,
 ) -> Iterator[bytes]:
-    """Yield the encrypted stream (header, then one item per segment) for ``chunks``."""
+    """Yield the encrypted stream (header, then one item per segment) for ``chunks``.
+
+    ``version`` only changes the header byte (and so which digest the manifest records).
+    """
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
         raise ValueError(f"segment size {segment_size} out of range")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"stream version {version} unknown")
     salt = os.urandom(SALT_BYTES)
-    header = HEADER.pack(MAGIC, FORMAT_VERSION, compression, 0, segment_size, salt)
+    header = HEADER.pack(MAGIC, version, compression, 0, segment_size, salt)
     aead = AESGCM(_hkdf(data_key, salt, _STREAM_INFO + component.encode("utf-8")))
     yield header
     if compression == COMPRESSION_ZSTD:
@@ -107,10 +142,10 @@ def parse_header(header: bytes, what: str) -> tuple[int, int, bytes]:
     )
     if magic != MAGIC:
         raise IntegrityError(f"{what}: not an infrabackup stream (bad magic).", component=what)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise IntegrityError(
             f"{what}: stream format version {version} is not supported (this build reads "
-            f"version {FORMAT_VERSION}).",
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}).",
             component=what,
         )
     if (
@@ -199,25 +234,32 @@ def _records(
 ) -> Iterator[bytes | memoryview]:
     """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``).
 
-    Records are views into one joined buffer where possible: each byte is copied once
-    on its way from the chunks to the cipher, which takes any bytes-like object.
+    A record that lies inside one chunk is a view into it (no copy); only a record that
+    spans chunks is gathered into a buffer of its own. The cipher takes any bytes-like
+    object, so each byte is copied at most once on its way from the chunks to it.
     """
-    pending: list[bytes] = []
+    pending: list[memoryview] = []
     have = 0
     for chunk in chunks:
-        if not have and len(chunk) == size:
-            yield chunk
+        view = memoryview(chunk).cast("B")
+        if have:
+            need = size - have
+            if len(view) < need:
+                pending.append(view)
+                have += len(view)
+                continue
+            pending.append(view[:need])
+            yield b"".join(pending)
+            view = view[need:]
+            pending, have = [], 0
+        whole = len(view) - len(view) % size
+        if whole == len(view) == size:
+            yield chunk if isinstance(chunk, bytes) and len(chunk) == size else view
             continue
-        pending.append(chunk)
-        have += len(chunk)
-        if have < size:
-            continue
-        joined = memoryview(b"".join(pending))
-        whole = have - have % size
         for start in range(0, whole, size):
-            yield joined[start : start + size]
-        rest = bytes(joined[whole:])
-        pending, have = ([rest], len(rest)) if rest else ([], 0)
+            yield view[start : start + size]
+        if whole < len(view):
+            pending, have = [view[whole:]], len(view) - whole
     if have or empty_tail:
         yield b"".join(pending)
 

@@ -15,6 +15,7 @@ Key Vault URLs are resolved through :mod:`shared.keyvault` with the given
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from shared.errors import ConfigError
 from shared.keys import (
@@ -28,16 +29,16 @@ from shared.keys import (
     load_pfx,
     read_key_file,
 )
-from shared.keyvault import (
-    KeyVaultAccess,
-    fetch_certificate,
-    fetch_identity,
-    fetch_secret_value,
-    identity_finder,
-    is_key_vault_url,
-    parse_object_url,
-)
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.keyvault import KeyVaultAccess
+
+
+def is_key_vault_url(value: str | None) -> bool:
+    """:func:`shared.keyvault.is_key_vault_url`, without importing the Azure SDK: a run with
+    certificate files only never loads it (a third of the command's start-up)."""
+    return bool(value) and str(value).strip().lower().startswith(("https://", "http://"))
 
 
 class _LazyAccess:
@@ -49,6 +50,8 @@ class _LazyAccess:
 
     def get(self) -> KeyVaultAccess:
         if self._access is None:
+            from shared.keyvault import KeyVaultAccess
+
             self._access = KeyVaultAccess.default()
         return self._access
 
@@ -65,6 +68,8 @@ def encryption_wrapper(
     access = _LazyAccess(vault)
     if settings.encryption_cert:
         if is_key_vault_url(settings.encryption_cert):
+            from shared.keyvault import fetch_certificate, parse_object_url
+
             url = parse_object_url(
                 settings.encryption_cert, "BACKUP_ENCRYPTION_CERT", ("certificates",)
             )
@@ -103,6 +108,8 @@ def decryption_keyring(settings: Settings, *, vault: KeyVaultAccess | None = Non
     access = _LazyAccess(vault)
     password = settings.decryption_cert_password
     if settings.decryption_cert and is_key_vault_url(settings.decryption_cert):
+        from shared.keyvault import fetch_identity, identity_finder, parse_object_url
+
         url = parse_object_url(
             settings.decryption_cert, "BACKUP_DECRYPTION_CERT", ("secrets", "certificates")
         )
@@ -130,6 +137,8 @@ def _legacy_key(settings: Settings, access: _LazyAccess) -> bytes:
     assert settings.encryption_key is not None
     value = settings.encryption_key.reveal()
     if is_key_vault_url(value):
+        from shared.keyvault import fetch_secret_value, parse_object_url
+
         url = parse_object_url(value, "BACKUP_ENCRYPTION_KEY", ("secrets",))
         value = fetch_secret_value(url, access.get(), "BACKUP_ENCRYPTION_KEY")
     return decode_legacy_key(value)

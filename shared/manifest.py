@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.encryption import (
     COMPRESSION_NAMES,
+    DIGESTS,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
     manifest_mac,
@@ -41,6 +42,8 @@ class ComponentRecord:
     plaintext_bytes: int = 0
     ciphertext_bytes: int = 0
     sha256: str | None = None
+    #: Stream format 2 records the BLAKE3 digest of the .bin instead of its SHA-256.
+    blake3: str | None = None
     files: int = 0
     folders: int = 0
     duration_seconds: float = 0.0
@@ -50,6 +53,7 @@ class ComponentRecord:
     skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"blake3": self.blake3} if self.blake3 is not None else {}
         return {
             "name": self.name,
             "scope": self.scope,
@@ -66,6 +70,7 @@ class ComponentRecord:
             "changedDuringBackup": self.changed,
             "vanishedDuringBackup": self.vanished,
             "skipped": self.skipped,
+            **extra,
         }
 
     @classmethod
@@ -79,6 +84,7 @@ class ComponentRecord:
             plaintext_bytes=int(data.get("plaintextBytes", 0)),
             ciphertext_bytes=int(data.get("ciphertextBytes", 0)),
             sha256=data.get("sha256"),
+            blake3=data.get("blake3"),
             files=int(data.get("files", 0)),
             folders=int(data.get("folders", 0)),
             duration_seconds=float(data.get("durationSeconds", 0.0)),
@@ -123,6 +129,16 @@ class Manifest:
     def thumbprint(self) -> str | None:
         value = self.encryption.get("thumbprint")
         return str(value) if value else None
+
+    @property
+    def digest_name(self) -> str:
+        """The whole-file digest its components record: ``sha256`` (stream format 1) or
+        ``blake3`` (2); parse checked that every succeeded component has it."""
+        return DIGESTS[int(self.stream.get("format") or 1)]
+
+    def expected_digest(self, record: ComponentRecord) -> str | None:
+        """The recorded hex digest of ``record``'s stream (:attr:`digest_name`)."""
+        return record.blake3 if self.digest_name == "blake3" else record.sha256
 
     def component(self, name: str) -> ComponentRecord | None:
         return next((c for c in self.components if c.name.lower() == name.lower()), None)
@@ -208,7 +224,7 @@ COMPONENT_STATUSES = ("Succeeded", "Failed")
 #: Encryption modes, and the field naming the key each needs (a hex string of that length).
 KEY_NAMES = {"certificate": ("thumbprint", 40), "legacyKey": ("keyId", 16)}
 _HEX = re.compile(r"[0-9A-Fa-f]+")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # SHA-256 and BLAKE3 alike
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object",
@@ -343,14 +359,13 @@ def _check_schema(data: dict[str, Any]) -> None:
     layout = _check_stamp(_get(data, "stamp", "", (dict,)))
     _check_encryption(_get(data, "encryption", "", (dict,)))
     stream = _get(data, "stream", "", (dict,), required=False)
-    if stream is not None:
-        _check_stream(stream)
+    digest_key = _check_stream(stream) if stream is not None else DIGESTS[1]
     components = _get(data, "components", "", (list,))
     if not 1 <= len(components) <= MAX_COMPONENTS:
         raise _Invalid(f"it lists {len(components)} components (1..{MAX_COMPONENTS})")
     seen: set[str] = set()
     for index, component in enumerate(components):
-        name = _check_component(component, index, layout, timestamp, backup_id)
+        name = _check_component(component, index, layout, timestamp, backup_id, digest_key)
         if name.lower() in seen:
             raise _Invalid(f"component {name} is listed twice")
         seen.add(name.lower())
@@ -399,8 +414,13 @@ def _check_encryption(encryption: dict[str, Any]) -> None:
         _hex(encryption, "thumbprintSha256", "encryption.", 64, required=False)
 
 
-def _check_stream(stream: dict[str, Any]) -> None:
-    _get(stream, "format", "stream.", (int,), required=False)
+def _check_stream(stream: dict[str, Any]) -> str:
+    """Check ``stream``; the name of the whole-file digest its format records
+    (``sha256`` for format 1, ``blake3`` for 2)."""
+    version = _get(stream, "format", "stream.", (int,), required=False)
+    if version is not None and version not in DIGESTS:
+        raise _Invalid(f"stream.format {_show(version)} is not one of "
+                       f"{', '.join(map(str, DIGESTS))}")
     size = _get(stream, "segmentSize", "stream.", (int,), required=False)
     if size is not None and not MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE:
         raise _Invalid(f"stream.segmentSize {size} is outside "
@@ -408,11 +428,13 @@ def _check_stream(stream: dict[str, Any]) -> None:
     compression = _get(stream, "compression", "stream.", (str,), required=False)
     if compression is not None and compression not in COMPRESSION_NAMES.values():
         raise _Invalid(f"stream.compression {_show(compression)} is unknown")
+    return DIGESTS[version or 1]
 
 
 def _check_component(component: Any, index: int, layout: StampLayout, timestamp: str,
-                     backup_id: str) -> str:
-    """One entry of ``components``; its name."""
+                     backup_id: str, digest_key: str) -> str:
+    """One entry of ``components``; its name. A succeeded one must carry the digest
+    ``digest_key`` its stream format records (64 lower-case hex digits)."""
     if not isinstance(component, dict):
         raise _Invalid(f"components[{index}] is {_show(component)}, not an object")
     name = _get(component, "name", f"components[{index}].", (str,))
@@ -434,15 +456,18 @@ def _check_component(component: Any, index: int, layout: StampLayout, timestamp:
     for key in ("changedDuringBackup", "vanishedDuringBackup", "skipped"):
         _get(component, key, where, (list,), required=False)
     file = _get(component, "file", where, (str, type(None)), required=False)
-    digest = _get(component, "sha256", where, (str, type(None)), required=False)
+    for key in DIGESTS.values():
+        _get(component, key, where, (str, type(None)), required=False)
+    digest = component.get(digest_key)
     if status == "Succeeded":
         # Derived, never trusted: readers read and prune deletes exactly this path.
         expected = layout.component_file(timestamp, backup_id, name, scope)
         if file != expected:
             raise _Invalid(f"{where}file {_show(file)} is not where the component must be "
                            f"({expected})")
-        if digest is None or not _SHA256.fullmatch(digest):
-            raise _Invalid(f"{where}sha256 {_show(digest)} is not 64 lower-case hex digits")
+        if digest is None or not _HEX_DIGEST.fullmatch(digest):
+            raise _Invalid(f"{where}{digest_key} {_show(digest)} is not 64 lower-case hex "
+                           "digits")
     elif file is not None:
         raise _Invalid(f"{where}it failed but names a file {_show(file)}")
     return name

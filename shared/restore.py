@@ -9,7 +9,6 @@ folders and leaves the target as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 from shared.archive import extract_stream
 from shared.backup import NullProgress, Progress
 from shared.catalog import component_path, find_backup
-from shared.encryption import check_manifest_mac, decrypt_stream
+from shared.encryption import check_manifest_mac, decrypt_stream, new_digest
 from shared.errors import ConfigError, IntegrityError, NotFoundError
 from shared.keys import KeyRing
 from shared.layout import StampLayout
@@ -63,15 +62,17 @@ def _component_path(manifest: Manifest, record: ComponentRecord) -> str:
 def _checked_stream(
     share: Share, manifest: Manifest, record: ComponentRecord, progress: Progress
 ) -> Iterator[bytes]:
-    """The component's ciphertext; at its end, size and SHA-256 are checked."""
-    digest = hashlib.sha256()
+    """The component's ciphertext; at its end, size and digest (BLAKE3 for stream format
+    2, SHA-256 for 1) are checked."""
+    expected = manifest.expected_digest(record)
+    digest = new_digest(manifest.digest_name)
     size = 0
     for chunk in share.read_stream(_component_path(manifest, record)):
         digest.update(chunk)
         size += len(chunk)
         progress.advance(len(chunk))
         yield chunk
-    if size != record.ciphertext_bytes or digest.hexdigest() != record.sha256:
+    if size != record.ciphertext_bytes or digest.hexdigest() != expected:
         raise IntegrityError(
             f"{record.name}: the backup file does not match its recorded digest "
             f"({size} bytes read, {record.ciphertext_bytes} recorded): it was modified or "

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from smbclient._io import SMBFileIO, SMBFileTransaction, query_info
 from smbprotocol.file_info import FileBasicInformation, FileStandardInformation
 
 from shared.errors import (
@@ -50,6 +49,7 @@ from shared.share.smb import (
     SmbShare,
     status_hex,
 )
+from shared.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
 from shared.sources import SourceEntry, SourceError, is_reserved, selected
 
 T = TypeVar("T")

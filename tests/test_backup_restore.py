@@ -139,6 +139,38 @@ def test_a_flipped_byte_on_the_share_fails_verify_and_restore_writes_nothing(
     assert not dest.exists()  # not even the good Switches component, nor the folder
 
 
+@pytest.mark.parametrize(("stream_format", "digest"), [(2, "blake3"), (1, "sha256")])
+def test_both_stream_formats_verify_and_restore_and_a_flipped_byte_fails_the_digest(
+    stamp: Stamp, tmp_path: Path, stream_format: int, digest: str
+) -> None:
+    """Format 2 (written now) records BLAKE3; format 1 (written before) SHA-256: both read."""
+    from shared.backup import BackupOptions
+
+    write_random(stamp.source_dir("ACS") / "a.bin", 2 * 1024 * 1024 + 99)
+    (stamp.source_dir("Switches") / "s.txt").write_text("x")
+    manifest = stamp.backup(options=BackupOptions(stream_format=stream_format))
+    record = manifest.component("ACS")
+    assert record is not None and record.file is not None
+    raw = json.loads((Path(stamp.env["BACKUP_SHARE_PATH"]) / record.file).parent.joinpath(
+        "manifest.json").read_text()) if record.scope == "backup" else {}
+    stored = next(c for c in raw["components"] if c["name"] == "ACS")
+    assert raw["stream"]["format"] == stream_format
+    assert len(stored[digest]) == 64 and stored.get("blake3" if digest == "sha256"
+                                                    else "sha256") is None
+    path = Path(stamp.env["BACKUP_SHARE_PATH"]) / record.file
+    assert path.read_bytes()[4] == stream_format  # the header's version byte
+    assert verify_backup(stamp.share, stamp.layout, manifest.backup_id).ok
+    assert verify_backup(stamp.share, stamp.layout, manifest.backup_id, stamp.keyring()).ok
+    _restore(stamp, manifest.backup_id, tmp_path / "restored")
+    assert tree(tmp_path / "restored" / "ACS") == tree(stamp.source_dir("ACS"))
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    report = verify_backup(stamp.share, stamp.layout, manifest.backup_id)  # no key needed
+    assert [c.name for c in report.components if not c.ok] == ["ACS"]
+
+
 def test_a_modified_manifest_fails_authentication(stamp: Stamp, tmp_path: Path) -> None:
     manifest = stamp.backup()
     path = (Path(stamp.env["BACKUP_SHARE_PATH"]) / stamp.layout.manifest(

@@ -1,9 +1,14 @@
 """The Share contract (shared/share/base.py), checked against every implementation.
 
-Each test runs three times: a LocalShare on a temporary folder, an SmbShare on the real
-Samba's plain share, and an SmbShare on its encryption-required share. Each test gets a
-fresh folder of its own (for SMB: a folder inside the share named as the UNC path's base
-folder), so the tests never see each other's files.
+Each test runs against every implementation and every way an SMB session can protect its
+data: a LocalShare on a temporary folder; an SmbShare on the real Samba's plain share (SMB
+3.1.1, encrypted because the server offers it) and its encryption-required share; and on
+servers that negotiate otherwise (tests/servers/samba.py, ``VARIANTS``): signed-only 3.1.1
+(AES-GMAC), signed 3.0.2 (AES-CMAC), encrypted 3.0.2 (AES-128-CCM) and signed 2.1
+(HMAC-SHA256). ``test_each_smb_backend_negotiates_what_its_name_says`` checks that each
+variant really is what its name says. Each test gets a fresh folder of its own (for SMB: a
+folder inside the share named as the UNC path's base folder), so the tests never see each
+other's files.
 """
 
 from __future__ import annotations
@@ -28,13 +33,35 @@ from shared.errors import LockHeldError, PathError
 from shared.share import open_share
 from shared.share.base import PARTIAL_MARKER, Share
 from shared.share.local import LocalShare
-from shared.share.smb import SmbShare
-from tests.servers.samba import SambaSet, samba  # noqa: F401 - the session fixture
+from shared.share.smb import SmbShare, wire
+from tests.servers.samba import (  # noqa: F401 - the session fixtures
+    SambaSet,
+    SambaVariants,
+    samba,
+    samba_variants,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
-BACKENDS = ["local", "smb-plain", "smb-encrypted"]
+BACKENDS = [
+    "local",
+    "smb-plain",
+    "smb-encrypted",
+    "smb-signed-3.1.1",
+    "smb-signed-3.0.2",
+    "smb-encrypted-3.0.2",
+    "smb-signed-2.1",
+]
+#: What each SMB backend must negotiate: (dialect, "sign" algorithm | "encrypt" cipher ids).
+NEGOTIATED: dict[str, tuple[int, str, frozenset[int]]] = {
+    "smb-plain": (0x0311, "encrypt", wire.GCM_CIPHERS),
+    "smb-encrypted": (0x0311, "encrypt", wire.GCM_CIPHERS),
+    "smb-signed-3.1.1": (0x0311, "sign", frozenset({wire.SIGN_AES_GMAC})),
+    "smb-signed-3.0.2": (0x0302, "sign", frozenset({wire.SIGN_AES_CMAC})),
+    "smb-encrypted-3.0.2": (0x0302, "encrypt", frozenset({wire.AES_128_CCM})),
+    "smb-signed-2.1": (0x0210, "sign", frozenset({wire.SIGN_HMAC_SHA256})),
+}
 
 
 @dataclass
@@ -60,10 +87,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
         spec: dict[str, object] = {"kind": "local", "root": str(root)}
     else:
-        servers: SambaSet = request.getfixturevalue("samba")
         share_name = request.param.removeprefix("smb-")
-        servers.share_dir(share_name).joinpath(folder).mkdir()
-        settings = servers.settings(share_name, folder)
+        if share_name in ("plain", "encrypted"):
+            servers: SambaSet = request.getfixturevalue("samba")
+            servers.share_dir(share_name).joinpath(folder).mkdir()
+            settings = servers.settings(share_name, folder)
+        else:
+            variants: SambaVariants = request.getfixturevalue("samba_variants")
+            server = variants(share_name)
+            server.share_dir("plain").joinpath(folder).mkdir()
+            settings = server.settings("plain", folder)
 
         def make() -> Share:
             made.append(SmbShare.from_settings(settings))
@@ -96,6 +129,26 @@ def names(share: Share, path: str = "") -> set[str]:
 
 
 # ---- write_stream / read_stream -------------------------------------------------------
+
+
+def test_each_smb_backend_negotiates_what_its_name_says(backend: Backend) -> None:
+    if backend.name == "local":
+        return  # nothing to negotiate
+    share = backend.make()
+    assert isinstance(share, SmbShare)
+    share.list_dir("")
+    connection = next(iter(share._cache.values()))
+    session = next(iter(connection.session_table.values()))
+    dialect, protection, algorithms = NEGOTIATED[backend.name]
+    assert connection.dialect == dialect
+    if protection == "encrypt":
+        assert session.encrypt_data is True
+        cipher = connection.cipher_id if dialect >= 0x0311 else wire.AES_128_CCM
+        assert cipher in algorithms
+    else:
+        assert session.encrypt_data is False and session.signing_required is True
+        algorithm = wire.signing_algorithm(connection.dialect, connection.signing_algorithm_id)
+        assert algorithm in algorithms
 
 
 def test_write_then_read_back_is_byte_identical(share: Share) -> None:

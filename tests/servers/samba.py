@@ -18,6 +18,10 @@ Fixtures (import them into a test module: ``from tests.servers.samba import samb
   offer SMB 3 encryption at all (for the "encryption required but not offered" test).
 * ``samba_victim`` (function): a fresh smbd with one ``plain`` share that a test may freeze
   (SIGSTOP), thaw, kill or restart without disturbing the other tests.
+* ``samba_variants`` (session): servers that negotiate differently, each with one ``plain``
+  share, started on first use (:data:`VARIANTS`): signed-only SMB 3.1.1 (AES-GMAC), SMB
+  3.0.2 signed (AES-CMAC) or encrypted (AES-128-CCM), SMB 2.1 (HMAC-SHA256), and a server
+  granting at most 16 credits (less than one 2 MiB request costs).
 
 Every server logs in ``backupuser`` / :data:`PASSWORD` (the Unix account ``root``, through a
 username map, so /etc/passwd is never touched). ``server.settings(share)`` gives the
@@ -427,6 +431,45 @@ MAIN_SHARES: dict[str, dict[str, str]] = {
 }
 
 
+#: Server-wide options of each variant (``samba_variants``); each serves one ``plain`` share.
+VARIANTS: dict[str, dict[str, str]] = {
+    "signed-3.1.1": {"server smb encrypt": "off"},
+    "signed-3.0.2": {"server smb encrypt": "off", "server max protocol": "SMB3_02"},
+    "encrypted-3.0.2": {"server max protocol": "SMB3_02"},
+    "signed-2.1": {"server smb encrypt": "off", "server max protocol": "SMB2_10"},
+    "credits-16": {"server smb encrypt": "off", "smb2 max credits": "16"},
+}
+_VARIANT_SHARES: dict[str, dict[str, str]] = {
+    "encrypted-3.0.2": {"read only": "no", "smb encrypt": "required"},
+}
+
+
+class SambaVariants:
+    """The variant servers of one test session, each started when first asked for."""
+
+    def __init__(self, tmp: Path) -> None:
+        self._tmp = tmp
+        self._servers: dict[str, SambaServer] = {}
+
+    def __call__(self, name: str) -> SambaServer:
+        server = self._servers.get(name)
+        if server is None:
+            server = SambaServer(
+                _new_base(self._tmp, name),
+                shares={"plain": _VARIANT_SHARES.get(name, {"read only": "no"})},
+                extra_global=VARIANTS[name],
+            )
+            atexit.register(server.teardown)
+            server.setup()
+            self._servers[name] = server
+        return server
+
+    def teardown(self) -> None:
+        for server in self._servers.values():
+            server.teardown()
+            atexit.unregister(server.teardown)
+
+
 def _new_base(tmp: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"samba-{name}-", dir=tmp))
 
@@ -475,3 +518,14 @@ def samba_victim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServ
     server = SambaServer(_new_base(tmp, "victim"), shares={"plain": {"read only": "no"}})
     with running(server):
         yield server
+
+
+@pytest.fixture(scope="session")
+def samba_variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaVariants]:
+    """Servers that negotiate other dialects, signing or credits (see :data:`VARIANTS`)."""
+    require_smbd()
+    variants = SambaVariants(tmp_path_factory.mktemp("samba-variants"))
+    try:
+        yield variants
+    finally:
+        variants.teardown()
