@@ -472,10 +472,11 @@ def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str
         progress=progress_for(as_json, "restoring"),
     )
     data = {"backupId": result.backup_id, "destination": str(result.destination),
-            "components": result.components}
+            "components": result.components, "recovered": result.recovered}
     emit(as_json, data, "\n".join(
-        f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
-        for c in result.components))
+        [f"Recovered: {note}" for note in result.recovered]
+        + [f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
+           for c in result.components]))
     return EXIT_OK
 
 
@@ -573,8 +574,9 @@ def _report(exc: InfraBackupError, as_json: bool) -> None:
     prefix = {2: "error", 3: "refused"}.get(exc.exit_code, "error")
     click.echo(f"{prefix}: {exc.message}", err=True)
     if exc.exit_code == EXIT_FAILED:
-        click.echo(f"alert: {exc.alert.title}", err=True)
-        click.echo(f"remediation: {exc.alert.remediation}", err=True)
+        if exc.alert_applies:
+            click.echo(f"alert: {exc.alert.title}", err=True)
+        click.echo(f"remediation: {exc.remediation}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
