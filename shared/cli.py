@@ -223,7 +223,11 @@ def _write_private(path: Path, data: bytes) -> None:
 @cli.command()
 @json_option
 def check(as_json: bool) -> int:
-    """Check that the share is reachable, authenticates, is writable, and its capacity."""
+    """Check that the share is reachable, authenticates, is writable, and its capacity.
+
+    Then, in each source of BACKUP_SOURCES, finish or undo what an interrupted restore
+    left there (exit 1 if one is left that cannot be finished or undone now).
+    """
     rt = runtime()
     settings = rt.settings
     settings.require("BACKUP_SHARE_PATH")
@@ -231,13 +235,31 @@ def check(as_json: bool) -> int:
     report = check_share(rt.share, layout)
     cap = report.capacity
     assert cap is not None
+    # The sources: what an interrupted restore left there is finished or undone now.
+    from shared.staging import sweep
+    from shared.swap_journal import recover_sources
+
+    sources = recover_sources(settings)
+    recovered = sweep() + [note for item in sources for note in item.notes]
     data = {"share": report.share, "steps": report.steps, "freeBytes": cap.free_bytes,
-            "totalBytes": cap.total_bytes}
-    emit(as_json, data,
-         f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
-         f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
-         f"{cap.total_bytes / 1024**3:.1f} GiB")
-    return EXIT_OK
+            "totalBytes": cap.total_bytes, "recovered": recovered,
+            "sources": [{"name": item.name, "recovered": item.notes,
+                         "problem": item.problem.message if item.problem else None}
+                        for item in sources]}
+    lines = [f"Share {report.share}: " + ", ".join(report.steps) + ".",
+             f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
+             f"{cap.total_bytes / 1024**3:.1f} GiB"]
+    lines += [f"Recovered: {note}" for note in recovered]
+    if sources and not recovered and not any(item.problem for item in sources):
+        lines.append(f"Sources: no interrupted restore in {len(sources)} source(s).")
+    emit(as_json, data, "\n".join(lines))
+    for item in sources:
+        if item.pending and item.problem:
+            click.echo(f"error: {item.problem.message}", err=True)
+        elif item.problem:
+            click.echo(f"warning: could not look at source {item.name} for interrupted "
+                       f"restores: {item.problem.message}", err=True)
+    return EXIT_FAILED if any(s.pending for s in sources) else EXIT_OK
 
 
 @cli.command()
@@ -456,14 +478,15 @@ def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str
             component=component, target_version=target_version,
             progress=progress_for(as_json, "restoring"),
         )
-        lines = []
+        lines = [f"Recovered: {note}" for note in done.recovered]
         for item in done.components:
             lines.append(f"Restored {item.name}: {item.files} files, {item.bytes} bytes -> "
                          f"{item.target}" + (f" (kept {len(item.kept)} left-out entries)"
                                              if item.kept else ""))
             lines += [f"  warning: {w}" for w in item.warnings]
         emit(as_json, {"backupId": done.backup_id, "toSources": True,
-                       "components": [c.to_dict() for c in done.components]}, "\n".join(lines))
+                       "components": [c.to_dict() for c in done.components],
+                       "recovered": done.recovered}, "\n".join(lines))
         return EXIT_OK
     assert to_dir is not None
     result = restore_backup(
