@@ -824,16 +824,15 @@ def recover_source(spec: SourceSpec, settings: Settings, *,
         blob = BlobSource(spec, settings)
         try:
             site = BlobSite(blob)
-            reserved = site.top_reserved()
-            if not reserved:
+            if not site.top_reserved():
                 return []
-            try:
+
+            def recover() -> list[str]:
                 with site.lock(holder, wait=wait) as held:
                     return recover_blobs(site, spec.name, held)
-            except SourceBusyError as exc:
-                if site.exists(JOURNAL_FILE):
-                    raise _live(spec.name, exc) from None
-                return []
+
+            return _recovered(spec.name, site.description, recover,
+                              lambda: site.exists(JOURNAL_FILE))
         finally:
             blob.close()
     return []
@@ -842,13 +841,46 @@ def recover_source(spec: SourceSpec, settings: Settings, *,
 def _recover_folder(tree: Tree, name: str, holder: str, wait: float = 0.0) -> list[str]:
     if not top_reserved(tree):
         return []
-    try:
+
+    def recover() -> list[str]:
         with tree.lock(holder, wait):
             return recover_tree(tree, name)
+
+    return _recovered(name, tree.description, recover, lambda: tree.exists(JOURNAL_FILE))
+
+
+def _recovered(name: str, where: str, recover: Callable[[], list[str]],
+               journal_exists: Callable[[], bool]) -> list[str]:
+    """Run ``recover`` (lock, then recovery) and decide what its failure means.
+
+    With a swap record in the source, any failure means the source may be half-swapped:
+    InterruptedSwapError, and the source is not read. Without one, only staging areas
+    were left (the source itself was never changed): a note, and the source is read.
+    Whether a record exists is asked again after the failure, not before, so a restore
+    that began its swap meanwhile is seen.
+    """
+    try:
+        return recover()
+    except InterruptedSwapError:
+        raise
     except SourceBusyError as exc:
-        if tree.exists(JOURNAL_FILE):
+        if journal_exists():
             raise _live(name, exc) from None
-        return []
+        return []  # a live restore that is still staging: the source is untouched
+    except SourceError as exc:
+        if journal_exists():
+            raise InterruptedSwapError(
+                f"source {name}: a restore into {where} was interrupted during its swap (its "
+                f"journal {JOURNAL_FILE} is there), and it cannot be finished or undone now: "
+                f"{exc.message} This backup did not read the source, as it may be "
+                "half-swapped. Run 'infrabackup check' (or the restore again) with an account "
+                "that may change the source; the next backup then includes it."
+            ) from exc
+        note = (f"source {name}: could not remove what an interrupted restore left in "
+                f"{where} yet ({exc.message}); the source itself had not been changed by it, "
+                "and the next run tries again.")
+        log.warning("%s", note)
+        return [note]
 
 
 def _live(name: str, busy: SourceBusyError) -> InterruptedSwapError:
