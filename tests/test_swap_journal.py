@@ -31,7 +31,15 @@ from shared.swap_journal import JOURNAL_FILE, BlobSite, recover_blobs, recover_s
 from tests.crash import cli
 from tests.helpers import Keys, make_keys, stamp_with_sources, write_random
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.sources_helpers import BlobFolder, blob_folder, read_tree  # noqa: F401 - fixture
+from tests.servers.samba import SambaSet, samba  # noqa: F401 - fixture
+from tests.sources_helpers import (
+    SMB_PASSWORD_SETTING,
+    SMB_USER_SETTING,
+    BlobFolder,
+    SmbFolder,
+    blob_folder,  # noqa: F401 - fixture
+    read_tree,
+)
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +332,37 @@ def test_a_full_restore_target_names_it_on_the_command_line(
     assert f"remediation: Free space where {target} is" in proc.stderr
     assert "alert:" not in proc.stderr and "Traceback" not in proc.stderr
     assert not target.exists()  # nothing half-written is left, nor any staging
+
+
+def test_a_backup_that_may_only_read_fails_a_half_swapped_smb_source_naming_the_restore(
+    tmp_path: Path, keys: Keys, private_tmp: Path, samba: SambaSet  # noqa: F811
+) -> None:
+    """The backup account may read, not change, the source (read-only share): the
+    interrupted swap cannot be undone by the backup, so that component fails saying so,
+    and the other component is backed up."""
+    name = f"src-{os.urandom(4).hex()}"
+    local = samba.share_dir("readonly") / name
+    try:
+        _folder(local)
+        spec = _spec(tmp_path)
+        with pytest.raises(SourceError, match="could not be undone yet"):
+            swap_tree(_BreakingTree(spec, local, fail_from=3), spec,
+                      ".infrabackup-restore-t/ACS", "t", backup_id="b")
+        half = read_tree(local)
+        other = tmp_path / "crp"
+        other.mkdir()
+        (other / "c.json").write_text("c")
+        stamp = stamp_with_sources(tmp_path, keys, [
+            {"name": "Switches", "type": "smb", "path": f"\\\\127.0.0.1\\readonly\\{name}",
+             "port": samba.main.port, "usernameSetting": SMB_USER_SETTING,
+             "passwordSetting": SMB_PASSWORD_SETTING},
+            {"name": "CRP", "type": "directory", "path": str(other)}], SmbFolder.env())
+        manifest = stamp.backup()
+        assert manifest.status == "PartialSucceeded"
+        record = manifest.component("Switches")
+        assert record is not None and record.status == "Failed"
+        assert "was interrupted during its swap" in str(record.message)
+        assert "did not read the source" in str(record.message)
+        assert read_tree(local) == half
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
