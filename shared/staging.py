@@ -10,7 +10,8 @@ source. A SIGKILL leaves that folder behind with plaintext in it, so:
 * it is **registered** before it is created, as one small file naming it in
   ``$TMPDIR/infrabackup-staging-<uid>/``, so a later run finds it wherever it was;
 * :func:`sweep` (run by every restore, backup and check) removes each registered or
-  found staging folder that nobody holds, and never one that is held.
+  found staging folder that nobody holds, and never one that is held. Folders of
+  earlier versions (never held) are removed once untouched for an hour.
 
 A restore that moves several components out of its staging folder writes the moves
 first (:meth:`HeldFolder.record_moves`); a sweep that finds such a folder dead moves back
