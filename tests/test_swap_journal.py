@@ -366,3 +366,31 @@ def test_a_backup_that_may_only_read_fails_a_half_swapped_smb_source_naming_the_
         assert read_tree(local) == half
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def test_a_restore_killed_between_its_moves_into_dir_is_moved_back(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    """The moment the crash tests rarely hit (two renames apart): one component moved in,
+    the other not. The next run moves the first back out, so DIR holds none of them."""
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    (dest / "unrelated.txt").write_text("the operator's")
+    script = (
+        "import os, sys; from pathlib import Path; from shared.staging import hold_new_folder\n"
+        f"dest = Path({str(dest)!r})\n"
+        f"f = hold_new_folder(dest, {RESTORING_PREFIX!r})\n"
+        "for name in ('ACS', 'CRP'):\n"
+        "    (f.path / 'c' / name).mkdir(parents=True)\n"
+        "    (f.path / 'c' / name / 'state.json').write_text('decrypted ' + name)\n"
+        "f.record_moves([('c/ACS', 'ACS'), ('c/CRP', 'CRP')])\n"
+        "os.rename(f.path / 'c' / 'ACS', dest / 'ACS')\n"
+        "os._exit(0)  # dies here, as a SIGKILL between the two renames would\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1],
+                          env={**os.environ, "TMPDIR": str(private_tmp)}, check=False)
+    assert proc.returncode == 0
+    assert (dest / "ACS" / "state.json").exists()
+    notes = sweep(dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["unrelated.txt"]
+    assert any("moved back" in n and "ACS" in n for n in notes), notes
