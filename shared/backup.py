@@ -10,6 +10,10 @@ The order of events, and what each failure leaves behind:
    writes, so nothing unfinished under it can still be in progress.
 3. Each component is streamed to ``<component>.bin`` (or its region folder). A source
    that cannot be read fails only its component; a share failure fails the backup.
+   Before a source is read, what an interrupted restore into it left is finished or
+   undone (:func:`shared.swap_journal.recover_source`; said in the manifest's
+   warnings); a source that is mid-swap (a live restore, or an interrupted swap that
+   cannot be undone now) fails its component instead of being read half-swapped.
 4. ``manifest.json`` is written last, atomically. No manifest, no backup: a failed
    backup's folder is removed at once when the share still answers, and otherwise by
    the next ``prune``.
@@ -59,6 +63,7 @@ from shared.pipeline import prefetch
 from shared.settings import Settings, SourceSpec
 from shared.share.base import PARTIAL_MARKER, Share, join, parent_and_name
 from shared.sources import Source, SourceError, open_source
+from shared.staging import sweep
 
 log = logging.getLogger("infrabackup.backup")
 
@@ -136,12 +141,33 @@ class BackupContext:
     #: The caller holds the stamp lock for this backup (:mod:`shared.backup_job`, which
     #: keeps it until the job record is final): run_backup does not take it again.
     lock_held: bool = False
+    #: What this run found of interrupted restores and finished or undid (warnings).
+    recovered: list[str] = field(default_factory=list)
 
     def source(self, spec: SourceSpec) -> Source:
         """The source of ``spec`` (SourceError when it cannot be built)."""
         if self.open_source is not None:
             return self.open_source(spec)
         return open_source(spec, self.settings)
+
+    def recover(self, spec: SourceSpec) -> None:
+        """Finish or undo what an interrupted restore left in the source; SourceError when
+        it must not be read now (see :func:`shared.swap_journal.recover_source`)."""
+        from shared.swap_journal import recover_source  # local: keeps SDKs off this import
+
+        self.recovered.extend(recover_source(spec, self.settings))
+
+    def swap_started(self, spec: SourceSpec) -> bool:
+        """Whether a restore's swap record is in the source now (one started while it was
+        read). Not being able to look is not a reason to fail what was read."""
+        from shared.swap_journal import swap_pending
+
+        try:
+            return swap_pending(spec, self.settings)
+        except InfraBackupError as exc:
+            log.warning("component %s: could not look for a restore's swap: %s", spec.name,
+                        exc.message)
+            return False
 
 
 def stamp_layout(settings: Settings) -> StampLayout:
@@ -176,6 +202,7 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
         remove_interrupted(ctx.share, layout, settings)
         try:
             ctx.share.make_dirs(layout.backup_dir(timestamp, backup_id))
+            ctx.recovered.extend(sweep())  # local staging (plaintext) of dead restores
             ctx.progress.start(_estimate(ctx))
             records = _backup_components(ctx, layout, timestamp, backup_id, data_key, written)
             ctx.progress.finish()
@@ -199,7 +226,7 @@ def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
                 },
                 encryption=encryption,
                 components=records,
-                warnings=list(ctx.wrapper.warnings),
+                warnings=list(ctx.wrapper.warnings) + ctx.recovered,
                 stream={
                     "format": ctx.options.stream_format,
                     "segmentSize": ctx.options.segment_size,
@@ -307,6 +334,7 @@ def _backup_component(
         try:
             if spec.scope == "region":
                 share.make_dirs(parent_and_name(path)[0])
+            ctx.recover(spec)
             source = ctx.source(spec)
             plain = _guard_source(spec, tar_stream(source, stats, ctx.progress.advance))
             cipher = encrypt_stream(plain, data_key, spec.name,
@@ -319,6 +347,14 @@ def _backup_component(
             stream = prefetch(_hashed(cipher, digest), ctx.options.read_ahead,
                               name=f"read {spec.name}")
             record.ciphertext_bytes = share.write_stream(path, stream)
+            if ctx.swap_started(spec):
+                share.remove(path)
+                written.remove(path)
+                raise SourceError(
+                    f"source {spec.name}: a restore started swapping content into it while it "
+                    "was read, so what was read may be half-swapped and was not kept. The "
+                    "next backup includes it."
+                )
         except SourceError as exc:
             # write_stream removed its temporary file; nothing of this component is left.
             if spec.scope == "region":

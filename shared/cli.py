@@ -240,7 +240,11 @@ def _write_private(path: Path, data: bytes) -> None:
 @cli.command()
 @json_option
 def check(as_json: bool) -> int:
-    """Check that the share is reachable, authenticates, is writable, and its capacity."""
+    """Check that the share is reachable, authenticates, is writable, and its capacity.
+
+    Then, in each source of BACKUP_SOURCES, finish or undo what an interrupted restore
+    left there (exit 1 if one is left that cannot be finished or undone now).
+    """
     rt = runtime()
     settings = rt.settings
     settings.require("BACKUP_SHARE_PATH")
@@ -251,12 +255,24 @@ def check(as_json: bool) -> int:
     warnings = _deployment_warnings(settings)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    data: dict[str, Any] = {"share": report.share, "steps": report.steps,
-                            "freeBytes": cap.free_bytes, "totalBytes": cap.total_bytes,
-                            "warnings": warnings}
-    text = (f"Share {report.share}: " + ", ".join(report.steps) + ".\n"
-            f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
-            f"{cap.total_bytes / 1024**3:.1f} GiB")
+    # The sources: what an interrupted restore left there is finished or undone now.
+    from shared.staging import sweep
+    from shared.swap_journal import recover_sources
+
+    sources = recover_sources(settings)
+    recovered = sweep() + [note for item in sources for note in item.notes]
+    data: dict[str, Any] = {
+        "share": report.share, "steps": report.steps, "freeBytes": cap.free_bytes,
+        "totalBytes": cap.total_bytes, "warnings": warnings, "recovered": recovered,
+        "sources": [{"name": item.name, "recovered": item.notes,
+                     "problem": item.problem.message if item.problem else None}
+                    for item in sources]}
+    lines = [f"Share {report.share}: " + ", ".join(report.steps) + ".",
+             f"Free capacity: {cap.free_bytes / 1024**3:.1f} GiB of "
+             f"{cap.total_bytes / 1024**3:.1f} GiB"]
+    lines += [f"Recovered: {note}" for note in recovered]
+    if sources and not recovered and not any(item.problem for item in sources):
+        lines.append(f"Sources: no interrupted restore in {len(sources)} source(s).")
     if layout is not None:
         # Freshness: what "No successful backup" sees, from the backups on the share.
         # Informational: check is about the share, so a stale stamp does not fail it.
@@ -264,9 +280,15 @@ def check(as_json: bool) -> int:
                        if m.status in ("Succeeded", "PartialSucceeded")), None)
         now = utcnow()
         data["freshness"] = freshness(settings, newest.completed if newest else None, now)
-        text += "\n" + "\n".join(describe(data["freshness"], now))
-    emit(as_json, data, text)
-    return EXIT_OK
+        lines += describe(data["freshness"], now)
+    emit(as_json, data, "\n".join(lines))
+    for item in sources:
+        if item.pending and item.problem:
+            click.echo(f"error: {item.problem.message}", err=True)
+        elif item.problem:
+            click.echo(f"warning: could not look at source {item.name} for interrupted "
+                       f"restores: {item.problem.message}", err=True)
+    return EXIT_FAILED if any(s.pending for s in sources) else EXIT_OK
 
 
 def _deployment_warnings(settings: Settings) -> list[str]:
@@ -526,14 +548,15 @@ def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str
             component=component, target_version=target_version,
             progress=progress_for(as_json, "restoring"),
         )
-        lines = []
+        lines = [f"Recovered: {note}" for note in done.recovered]
         for item in done.components:
             lines.append(f"Restored {item.name}: {item.files} files, {item.bytes} bytes -> "
                          f"{item.target}" + (f" (kept {len(item.kept)} left-out entries)"
                                              if item.kept else ""))
             lines += [f"  warning: {w}" for w in item.warnings]
         emit(as_json, {"backupId": done.backup_id, "toSources": True,
-                       "components": [c.to_dict() for c in done.components]}, "\n".join(lines))
+                       "components": [c.to_dict() for c in done.components],
+                       "recovered": done.recovered}, "\n".join(lines))
         return EXIT_OK
     assert to_dir is not None
     result = restore_backup(
@@ -542,10 +565,11 @@ def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str
         progress=progress_for(as_json, "restoring"),
     )
     data = {"backupId": result.backup_id, "destination": str(result.destination),
-            "components": result.components}
+            "components": result.components, "recovered": result.recovered}
     emit(as_json, data, "\n".join(
-        f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
-        for c in result.components))
+        [f"Recovered: {note}" for note in result.recovered]
+        + [f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
+           for c in result.components]))
     return EXIT_OK
 
 
@@ -646,8 +670,9 @@ def _report(exc: InfraBackupError, as_json: bool) -> None:
     prefix = {2: "error", 3: "refused"}.get(exc.exit_code, "error")
     click.echo(f"{prefix}: {exc.message}", err=True)
     if exc.exit_code == EXIT_FAILED:
-        click.echo(f"alert: {exc.alert.title}", err=True)
-        click.echo(f"remediation: {exc.alert.remediation}", err=True)
+        if exc.alert_applies:
+            click.echo(f"alert: {exc.alert.title}", err=True)
+        click.echo(f"remediation: {exc.remediation}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

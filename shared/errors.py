@@ -8,7 +8,8 @@ Functions only ever deal with this tree::
     InfraBackupError                  exit 1 unless stated; .alert, .retryable, .code
     ├── ConfigError                   exit 2: a bad setting, argument or request field
     ├── RefusedError                  exit 3: maintenance window, lock held, version gap
-    │   └── LockHeldError             another backup of the stamp is running
+    │   ├── LockHeldError             another backup of the stamp is running
+    │   └── SourceBusyError           a restore into that source is running
     ├── ShareError                    the share failed; .alert says which of the five
     │   ├── CapacityError             out of capacity (disk full, quota)
     │   ├── ConnectivityError         refused, reset, closed, timed out, hung (retryable)
@@ -17,9 +18,12 @@ Functions only ever deal with this tree::
     ├── KeyMaterialError              certificate / key problems (wrong PFX, missing key)
     ├── IntegrityError                a backup failed authentication (tampered, truncated)
     ├── NotFoundError                 no backup with that id
+    ├── RestoreTargetError            the local folder a restore writes into failed (no alert)
     └── GeneralFault                  anything else
 
-Each error knows its alert (one of :mod:`shared.alerts`) and whether a retry can help.
+Each error knows its alert (one of :mod:`shared.alerts`) and whether a retry can help;
+``remediation`` is the alert's unless the error knows better (a restore target's problem
+is not the share's, so it names the folder instead).
 Messages never contain secrets: callers build them from names and paths only.
 """
 
@@ -45,6 +49,9 @@ class InfraBackupError(Exception):
 
     code = "GeneralFault"
     alert = Alert.GENERAL
+    #: Whether ``alert`` describes this failure (False: none of the five applies, and
+    #: operators are shown only ``remediation``).
+    alert_applies = True
     retryable = False
     exit_code = EXIT_FAILED
 
@@ -53,13 +60,18 @@ class InfraBackupError(Exception):
         self.message = message
         self.status = status
 
+    @property
+    def remediation(self) -> str:
+        """What to do about it: the alert's remediation unless a subclass knows better."""
+        return self.alert.remediation
+
     def to_dict(self) -> dict[str, object]:
         """The error as JSON-ready data (no secrets: the message never holds any)."""
         data: dict[str, object] = {
             "code": self.code,
             "message": self.message,
-            "alert": self.alert.title,
-            "remediation": self.alert.remediation,
+            "alert": self.alert.title if self.alert_applies else None,
+            "remediation": self.remediation,
             "retryable": self.retryable,
         }
         if self.status:
@@ -97,6 +109,12 @@ class LockHeldError(RefusedError):
     def __init__(self, message: str, *, holder: str | None = None) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class SourceBusyError(RefusedError):
+    """A restore into the source is running (its lock is held): nothing was touched."""
+
+    code = "SourceBusy"
 
 
 class ShareError(InfraBackupError):
@@ -146,6 +164,23 @@ class NotFoundError(InfraBackupError):
     """No backup (or component) with the given id or name."""
 
     code = "NotFound"
+
+
+class RestoreTargetError(InfraBackupError):
+    """The local folder a restore writes into cannot take it (not a folder, no permission,
+    full). It is that folder's problem, not the backup share's: no share alert applies, and
+    the remediation names the folder."""
+
+    code = "RestoreTargetError"
+    alert_applies = False
+
+    def __init__(self, message: str, *, remediation: str, status: str | None = None) -> None:
+        super().__init__(message, status=status)
+        self._remediation = remediation
+
+    @property
+    def remediation(self) -> str:
+        return self._remediation
 
 
 class GeneralFault(InfraBackupError):

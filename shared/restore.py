@@ -1,17 +1,21 @@
 """Reading backups back: verify (digests, and with the key every segment) and restore.
 
 Restore never leaves a half-written component in place: every selected component is
-decrypted into a staging folder beside the target, and only when all of them have
+decrypted into one staging folder beside the target (``.infrabackup-restoring-<token>``,
+held by this process: :mod:`shared.staging`), and only when all of them have
 authenticated completely are they renamed into place. Any failure removes the staging
-folders and leaves the target as it was.
+folder and leaves the target as it was; a SIGKILL leaves it for the next run, which
+removes it (moving back any component already moved, so the target is as it was).
+
+A problem of the local folder written into (not a folder, no permission, full) is a
+:class:`~shared.errors.RestoreTargetError` naming that folder, never a share alert.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +24,18 @@ from shared.archive import extract_stream
 from shared.backup import NullProgress, Progress
 from shared.catalog import component_path, find_backup
 from shared.encryption import check_manifest_mac, decrypt_stream, new_digest
-from shared.errors import ConfigError, IntegrityError, NotFoundError
+from shared.errors import (
+    ConfigError,
+    InfraBackupError,
+    IntegrityError,
+    NotFoundError,
+    RestoreTargetError,
+)
 from shared.keys import KeyRing
 from shared.layout import StampLayout
 from shared.manifest import ComponentRecord, Manifest
 from shared.share.base import Share
-from shared.share.local import translate_os_errors
+from shared.staging import RESTORING_PREFIX, HeldFolder, hold_new_folder, sweep
 from shared.versions import check_restore_allowed
 
 
@@ -132,6 +142,42 @@ class RestoreResult:
     backup_id: str
     destination: Path
     components: list[dict[str, object]] = field(default_factory=list)
+    #: What this run found of interrupted restores and cleaned up or undid.
+    recovered: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def target_errors(target: Path, what: str, elsewhere: str = "restore into another folder "
+                  "with --to DIR") -> Iterator[None]:
+    """OSError while writing the restore target ``target`` as a RestoreTargetError that
+    names it and says what to do (``elsewhere``: the alternative to offer)."""
+    try:
+        yield
+    except InfraBackupError:
+        raise
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        where = f" ({exc.filename})" if exc.filename else ""
+        detail = f"{what}: {exc.strerror or exc}{where} ({code})"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            message = f"{detail}: the restore target {target} is out of space."
+            fix = f"Free space where {target} is, or {elsewhere}."
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            message = f"{detail}: this user may not write the restore target {target}."
+            fix = (f"Give this user write permission on {target} (or its parent), or "
+                   f"{elsewhere}.")
+        elif exc.errno in (errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.ELOOP,
+                           errno.EISDIR):
+            message = f"{detail}: the restore target {target} is not a usable folder."
+            fix = (f"Check {target}: it and each folder above it must be a folder (not a "
+                   f"file or a link), or {elsewhere}.")
+        else:
+            message = f"{detail}: writing the restore target {target} failed."
+            fix = f"Check {target} and the disk it is on, or {elsewhere}."
+        raise RestoreTargetError(
+            message + " Nothing was restored there; the backup is unchanged.",
+            remediation=fix, status=code,
+        ) from exc
 
 
 def restore_backup(
@@ -156,68 +202,74 @@ def restore_backup(
     if target_version:
         check_restore_allowed(manifest.stamp_version, target_version)
     records = _select(manifest, component)
+    # Before the checks: an interrupted restore into this folder is undone first.
+    recovered = sweep(destination)
     finals = {r.name: destination / r.name for r in records}
     for name, final in finals.items():
-        if final.exists() and (not final.is_dir() or any(final.iterdir())):
-            raise ConfigError(
-                f"--to: {final} already exists and is not empty; restore into an empty "
-                f"folder (or remove {name} there first)."
-            )
-    return restore_components(share, manifest, records, unlock(manifest, keyring),
-                              destination, progress)
+        with target_errors(destination, f"reading {final}"):
+            if final.exists() and (not final.is_dir() or any(final.iterdir())):
+                raise ConfigError(
+                    f"--to: {final} already exists and is not empty; restore into an empty "
+                    f"folder (or remove {name} there first)."
+                )
+    result = restore_components(share, manifest, records, unlock(manifest, keyring),
+                                destination, progress)
+    result.recovered = recovered + result.recovered
+    return result
 
 
 def restore_components(
     share: Share, manifest: Manifest, records: list[ComponentRecord], data_key: bytes,
-    destination: Path, progress: Progress | None = None,
+    destination: Path, progress: Progress | None = None, *,
+    elsewhere: str = "restore into another folder with --to DIR",
 ) -> RestoreResult:
     """Restore ``records`` of an unlocked ``manifest`` into ``destination/<name>/``.
 
     Every component is staged and authenticated before any is moved into place; on any
-    failure the destination is left as it was. The caller has checked the targets.
+    failure the destination is left as it was. The caller has checked the targets. A
+    local-folder problem is a RestoreTargetError offering ``elsewhere`` as the way out.
     """
     progress = progress or NullProgress()
     finals = {r.name: destination / r.name for r in records}
     created = not destination.exists()
-    with translate_os_errors(f"creating {destination}"):
+    with target_errors(destination, f"creating {destination}", elsewhere):
         destination.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, Path] = {}
+    with target_errors(destination, f"creating a staging folder in {destination}", elsewhere):
+        held = hold_new_folder(destination, RESTORING_PREFIX)
     moved: list[tuple[Path, Path]] = []
     result = RestoreResult(manifest.backup_id, destination)
     progress.start(sum(r.ciphertext_bytes for r in records))
     try:
-        # A full or read-only restore disk is an OSError: say so with its alert.
-        with translate_os_errors(f"restoring into {destination}"):
-            _stage_and_move(share, manifest, records, data_key, destination, finals,
-                            staged, moved, result, progress)
+        with target_errors(destination, f"restoring into {destination}", elsewhere):
+            _stage_and_move(share, manifest, records, data_key, held, finals, moved,
+                            result, progress)
     except BaseException:
-        # Put back what was already moved, then drop every staging folder: the target
-        # is left as it was.
+        # Put back what was already moved, then drop the staging folder: the target is
+        # left as it was.
         for staging, final in reversed(moved):
             with contextlib.suppress(OSError):
                 os.rename(final, staging)
-        for staging in staged.values():
-            with contextlib.suppress(OSError):
-                shutil.rmtree(staging)
+        held.remove()
         if created:
             with contextlib.suppress(OSError):
                 destination.rmdir()
         raise
+    held.remove()
     progress.finish()
     return result
 
 
 def _stage_and_move(
     share: Share, manifest: Manifest, records: list[ComponentRecord], data_key: bytes,
-    destination: Path, finals: dict[str, Path], staged: dict[str, Path],
-    moved: list[tuple[Path, Path]], result: RestoreResult, progress: Progress,
+    held: HeldFolder, finals: dict[str, Path], moved: list[tuple[Path, Path]],
+    result: RestoreResult, progress: Progress,
 ) -> None:
     """Decrypt every component into staging; only when all authenticated, move them in."""
+    (held.path / "c").mkdir()
     for record in records:
         progress.component(record.name)
-        staging = destination / f".{record.name}.restoring-{uuid.uuid4().hex[:8]}"
+        staging = held.path / "c" / record.name
         staging.mkdir()
-        staged[record.name] = staging
         stats = extract_stream(
             decrypt_stream(
                 _checked_stream(share, manifest, record, progress), data_key, record.name
@@ -229,13 +281,16 @@ def _stage_and_move(
              "bytes": stats.bytes, "skipped": stats.skipped,
              "path": str(finals[record.name])}
         )
-    # Everything authenticated: move into place.
-    for name, staging in staged.items():
-        final = finals[name]
+    # Everything authenticated: move into place, the moves recorded first so that a run
+    # finding this folder after a kill can move back what was already moved.
+    held.record_moves([(f"c/{name}", final.name) for name, final in finals.items()])
+    for name, final in finals.items():
+        staging = held.path / "c" / name
         if final.is_dir() and not final.is_symlink():
             final.rmdir()  # checked empty above
         os.rename(staging, final)
         moved.append((staging, final))
+    held.moves_done()
 
 
 def _select(manifest: Manifest, component: str | None) -> list[ComponentRecord]:

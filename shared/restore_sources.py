@@ -10,44 +10,50 @@ The order of events, and what a failure at each step leaves:
 
 1. The version rule is checked (``--target-version``), the components are chosen and
    each is matched to its source. Refused or wrong: nothing written.
-2. **Stage, all components first.** Each component is decrypted and authenticated
-   completely with :func:`shared.restore.restore_backup` into a staging folder: a
+2. **Lock and recover.** Each source's restore lock is taken for the whole restore
+   (another restore into it: SourceBusyError, exit 3, nothing touched), and what an
+   interrupted restore left there is finished or undone (:mod:`shared.swap_journal`);
+   the result's ``recovered`` says what was done. Dead local staging folders (TMPDIR)
+   are removed too (:mod:`shared.staging`).
+3. **Stage, all components first.** Each component is decrypted and authenticated
+   completely with :func:`shared.restore.restore_components` into a staging folder: a
    directory source's is ``<path>/.infrabackup-restore-<token>/`` (same file system,
    so the swap is renames); an SMB or blob source's is a local temporary folder
    (``TMPDIR``), which is then uploaded to ``<folder>\\.infrabackup-restore-<token>\\``
    on the SMB share or under ``<prefix>.infrabackup-restore-<token>/`` in the
    container. A failure here (a tampered backup, a full disk, a network fault) removes
    every staging area and leaves every source untouched.
-3. **Swap, one component at a time.** Folders (directory and SMB): every top-level
-   entry of the source folder is renamed into ``.infrabackup-replaced-<token>/``, the
-   staged entries are renamed into the folder, and the entries the source's current
-   include/exclude leave out (they were never in the backup) are renamed back from the
-   replaced folder (the backup's version wins if both exist). Blobs (no renames): each
-   selected blob of the prefix is first copied to ``<prefix>.infrabackup-replaced-
-   <token>/``; then each staged blob is copied over its final name, then the selected
-   blobs the backup does not have are deleted. If any step fails, the steps done are
-   undone in reverse (the source is as it was) and the error says so; if the undo fails
-   too, the error names the replaced and staging locations, which are both kept.
-4. **Clean up.** The replaced copy and the staging area are deleted; failing that is a
-   warning in the result (the restore itself succeeded), never an error.
+4. **Swap, one component at a time, journaled.** The intent record is written first
+   (:mod:`shared.swap_journal` has its phases). Folders (directory and SMB): every
+   top-level entry of the source folder is renamed into ``.infrabackup-replaced-
+   <token>/``, the staged entries are renamed into the folder, and the entries the
+   source's current include/exclude leave out (they were never in the backup) are
+   renamed back from the replaced folder (the backup's version wins if both exist).
+   Blobs (no renames): each selected blob of the prefix is first copied to
+   ``<prefix>.infrabackup-replaced-<token>/``; then each staged blob is copied over its
+   final name, then the selected blobs the backup does not have are deleted. If any
+   step fails, the steps done are undone in reverse (the source is as it was) and the
+   error says so; if the undo fails too, the record stays and the next restore, backup
+   or check undoes it. A SIGKILL at any point leaves the record for that next run.
+5. **Clean up.** The replaced copy, the staging area and then the record are deleted;
+   failing that is a warning in the result (the restore itself succeeded), never an
+   error, and the next run finishes it.
 
 Components swapped before a later component failed stay restored; the error names
-them. Names starting ``.infrabackup-restore-`` / ``.infrabackup-replaced-`` at the top
-of a source are reserved: never backed up, never moved by a swap.
+them. Names starting ``.infrabackup-restore-``, ``.infrabackup-replaced-`` and
+``.infrabackup-journal`` at the top of a source are reserved: never backed up, never
+moved by a swap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import stat
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 from shared.backup import NullProgress, Progress
 from shared.catalog import find_backup
@@ -55,7 +61,7 @@ from shared.errors import ConfigError, InfraBackupError, NotFoundError
 from shared.keys import KeyRing
 from shared.layout import StampLayout
 from shared.manifest import ComponentRecord, Manifest
-from shared.restore import _select, restore_components, unlock
+from shared.restore import _select, restore_components, target_errors, unlock
 from shared.settings import Settings, SourceSpec
 from shared.share.base import Share
 from shared.source_blob import BlobSource
@@ -67,7 +73,28 @@ from shared.sources import (
     is_reserved,
     selected,
 )
+from shared.staging import TMP_PREFIX, hold_new_folder, sweep
+from shared.swap_journal import (
+    JOURNAL_FILE,
+    LEASE_WAIT_SECONDS,
+    SMB_WAIT_SECONDS,
+    BlobSite,
+    Held,
+    Journal,
+    LocalTree,
+    SmbTree,
+    Tree,
+    clean_up_tree,
+    finish_blobs,
+    recover_blobs,
+    recover_tree,
+    roll_back_blobs,
+    roll_back_tree,
+)
 from shared.versions import check_restore_allowed
+
+__all__ = ["LocalTree", "SmbTree", "Tree", "match_source", "restore_to_sources", "swap_blobs",
+           "swap_tree"]
 
 
 @dataclass
@@ -92,6 +119,8 @@ class SourceRestore:
 class ToSourcesResult:
     backup_id: str
     components: list[SourceRestore] = field(default_factory=list)
+    #: What this run found of interrupted restores and finished, undid or removed.
+    recovered: list[str] = field(default_factory=list)
 
 
 def match_source(settings: Settings, record: ComponentRecord) -> SourceSpec:
@@ -116,170 +145,88 @@ def match_source(settings: Settings, record: ComponentRecord) -> SourceSpec:
 # ---- the folder swap (directory and SMB sources) -----------------------------------------
 
 
-class Tree(Protocol):
-    """A folder's verbs for the swap; paths relative to the source folder, ``/``-separated."""
-
-    description: str
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        """(name, kind) in folder ``rel``; kind is ``dir``, ``file`` or ``other``."""
-        ...
-
-    def exists(self, rel: str) -> bool: ...
-
-    def make_dirs(self, rel: str) -> None: ...
-
-    def rename(self, src: str, dst: str) -> None:
-        """Rename; ``dst`` does not exist."""
-        ...
-
-    def remove_tree(self, rel: str) -> None: ...
-
-
-class LocalTree:
-    """A local folder as a :class:`Tree`; OSError becomes SourceError."""
-
-    def __init__(self, spec: SourceSpec, root: Path) -> None:
-        self.spec = spec
-        self.root = root
-        self.description = str(root)
-
-    def _path(self, rel: str) -> Path:
-        return self.root.joinpath(*[p for p in rel.split("/") if p])
-
-    def _guard(self, what: str, fn: Callable[[], object]) -> object:
-        try:
-            return fn()
-        except OSError as exc:
-            raise SourceError(
-                f"source {self.spec.name}: {what} in {self.root}: {exc.strerror or exc}."
-            ) from None
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        def scan() -> list[tuple[str, str]]:
-            out = []
-            with os.scandir(self._path(rel)) as it:
-                for item in it:
-                    mode = item.stat(follow_symlinks=False).st_mode
-                    kind = ("dir" if stat.S_ISDIR(mode) else
-                            "file" if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else "other")
-                    out.append((item.name, kind))
-            return sorted(out)
-
-        listing = self._guard(f"listing {rel or '/'}", scan)
-        assert isinstance(listing, list)
-        return listing
-
-    def exists(self, rel: str) -> bool:
-        return os.path.lexists(self._path(rel))
-
-    def make_dirs(self, rel: str) -> None:
-        self._guard(f"creating {rel}", lambda: self._path(rel).mkdir(parents=True, exist_ok=True))
-
-    def rename(self, src: str, dst: str) -> None:
-        self._guard(f"renaming {src} to {dst}",
-                    lambda: os.rename(self._path(src), self._path(dst)))
-
-    def remove_tree(self, rel: str) -> None:
-        path = self._path(rel)
-        if path.is_dir() and not path.is_symlink():
-            self._guard(f"removing {rel}", lambda: shutil.rmtree(path))
-        elif os.path.lexists(path):
-            self._guard(f"removing {rel}", lambda: path.unlink())
-
-
-class _SmbTree:
-    """An SMB source folder as a :class:`Tree` (the SmbSource does the work)."""
-
-    def __init__(self, source: SmbSource) -> None:
-        self.source = source
-        self.description = source.description
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        return sorted(self.source.list(rel))
-
-    def exists(self, rel: str) -> bool:
-        return self.source.exists(rel)
-
-    def make_dirs(self, rel: str) -> None:
-        self.source.make_dirs(rel)
-
-    def rename(self, src: str, dst: str) -> None:
-        self.source.rename(src, dst)
-
-    def remove_tree(self, rel: str) -> None:
-        self.source.remove_tree(rel)
-
-
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str) -> list[str]:
-    """Swap the staged folder ``staged`` into the source folder (module docstring, step 3).
+def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str, *,
+              backup_id: str = "") -> list[str]:
+    """Swap the staged folder ``staged`` into the source folder (module docstring, step 3),
+    journaled (:mod:`shared.swap_journal`).
 
-    Returns the left-out entries that were kept. Raises SourceError after undoing the
-    steps done; the staging folder is the caller's to remove.
+    Returns the left-out entries that were kept. On success the record says
+    ``committed`` and the replaced and staging areas are still there: :func:`clean_up_tree`
+    removes them. Raises SourceError after undoing the steps done (the staging folder
+    is then the caller's to remove); if the undo fails too, the record stays and the
+    next restore, backup or check undoes the swap.
     """
     aside = f"{RESTORE_REPLACED}{token}"
-    moved_aside: list[str] = []
-    moved_in: list[str] = []
-    carried: list[str] = []
-    made: list[str] = []
-    tree.make_dirs(aside)
+    old = [name for name, _kind in tree.list("") if not is_reserved(name)]
+    new = [name for name, _kind in tree.list(staged)]
+    journal = Journal("folder", token, backup_id, spec.name, staged.split("/")[0], staged,
+                      aside, old, new, "swap")
+    tree.write_file(JOURNAL_FILE, journal.dump())  # the intent, before the first move
     try:
-        for name, _kind in tree.list(""):
-            if not is_reserved(name):
-                tree.rename(name, _join(aside, name))
-                moved_aside.append(name)
-        for name, _kind in tree.list(staged):
+        tree.make_dirs(aside)
+        for name in old:
+            tree.rename(name, _join(aside, name))
+        for name in new:
             tree.rename(_join(staged, name), name)
-            moved_in.append(name)
-        _carry_back(tree, spec, aside, "", carried, made)
+        carry: list[str] = []
+        made: list[str] = []
+        _plan_carry_back(tree, spec, aside, "", carry, made)
+        if carry:
+            _advance(tree, journal, "carry", carry, made)
+            for rel in made:
+                tree.make_dirs(rel)
+            for rel in carry:
+                tree.rename(_join(aside, rel), rel)
+        _advance(tree, journal, "committed")
     except InfraBackupError as exc:
         try:
-            for rel in reversed(carried):
-                tree.rename(rel, _join(aside, rel))
-            for rel in reversed(made):
-                tree.remove_tree(rel)
-            for name in reversed(moved_in):
-                tree.rename(name, _join(staged, name))
-            for name in reversed(moved_aside):
-                tree.rename(_join(aside, name), name)
+            roll_back_tree(tree, journal)
+            clean_up_tree(tree, None, aside)
         except InfraBackupError as undo:
             raise SourceError(
                 f"source {spec.name}: the swap into {tree.description} failed ({exc.message}) "
-                f"and could not be undone ({undo.message}). Nothing was deleted: the previous "
-                f"content is in {aside}, the restored content in {staged} and the folder. "
-                "Move them back by hand, or run the restore again."
+                f"and could not be undone yet ({undo.message}). Nothing was deleted: its "
+                f"journal ({JOURNAL_FILE}) records every move, and the next restore, backup or "
+                f"check of this source undoes it (the previous content is in {aside}, the "
+                f"restored content in {staged} and the folder)."
             ) from exc
-        with contextlib.suppress(InfraBackupError):
-            tree.remove_tree(aside)
         raise SourceError(
             f"source {spec.name}: the swap into {tree.description} failed ({exc.message}); it "
             "was undone and the source is as it was."
         ) from exc
-    return carried
+    return journal.carry
 
 
-def _carry_back(tree: Tree, spec: SourceSpec, aside: str, rel_dir: str,
-                carried: list[str], made: list[str]) -> None:
-    """Rename back what include/exclude leave out of the component (never backed up)."""
+def _advance(tree: Tree, journal: Journal, phase: str, carry: list[str] | None = None,
+             made: list[str] | None = None) -> None:
+    """Record the next phase; the in-memory record changes only once it is written."""
+    after = replace(journal, phase=phase, carry=carry or journal.carry,
+                    made=made or journal.made)
+    tree.write_file(JOURNAL_FILE, after.dump())
+    journal.phase, journal.carry, journal.made = after.phase, after.carry, after.made
+
+
+def _plan_carry_back(tree: Tree, spec: SourceSpec, aside: str, rel_dir: str,
+                     carry: list[str], made: list[str]) -> None:
+    """What include/exclude leave out of the component (never backed up) and so goes
+    back from the replaced folder: ``carry``; the folders to make for it: ``made``."""
     for name, kind in tree.list(_join(aside, rel_dir)):
         rel = rel_dir + name
         if kind == "dir" and selected(spec, rel, True):
-            _carry_back(tree, spec, aside, rel + "/", carried, made)
+            _plan_carry_back(tree, spec, aside, rel + "/", carry, made)
             continue
         left_out = kind == "other" or not selected(spec, rel, kind == "dir")
         if left_out and not tree.exists(rel):
             parts = rel.split("/")[:-1]
             for depth in range(1, len(parts) + 1):
                 parent = "/".join(parts[:depth])
-                if not tree.exists(parent):
-                    tree.make_dirs(parent)
+                if parent not in made and not tree.exists(parent):
                     made.append(parent)
-            tree.rename(_join(aside, rel), rel)
-            carried.append(rel)
+            carry.append(rel)
 
 
 # ---- the blob swap ----------------------------------------------------------------------
@@ -294,55 +241,79 @@ def _blob_selected(spec: SourceSpec, rel: str) -> bool:
     return all(selected(spec, f, True) for f in folders) and selected(spec, rel, False)
 
 
-def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str) -> list[str]:
-    """Copy the staged blobs over the prefix (module docstring, step 3); return warnings."""
+def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str, *,
+               backup_id: str = "", held: Held | None = None) -> list[str]:
+    """Copy the staged blobs over the prefix (module docstring, step 3), journaled
+    (:mod:`shared.swap_journal`); return the clean-up warnings.
+
+    On success the replaced copies and the record are deleted (the staged blobs are the
+    caller's). On failure the steps done are undone, the copies and the record deleted
+    and SourceError raised; if the undo fails too, the record stays and the next
+    restore, backup or check undoes the swap. ``held``: the source's lock, checked
+    before every step (a lease that could not be renewed stops the swap).
+    """
     spec = source.spec
-    aside = f"{RESTORE_REPLACED}{token}/"
+    site = BlobSite(source)
+    held = held or _NoLock()
+    aside = f"{RESTORE_REPLACED}{token}"
     old = [n for n in source.names() if _blob_selected(spec, n)]
-    kept: list[str] = []
+    journal = Journal("blob", token, backup_id, spec.name, staging.rstrip("/"),
+                      staging.rstrip("/"), aside, old, list(new), "aside")
+    site.write(JOURNAL_FILE, journal.dump())  # the intent, before the first copy
     try:
         for name in old:
-            source.copy(name, aside + name)
-            kept.append(name)
+            held.check()
+            source.copy(name, f"{aside}/{name}")
     except InfraBackupError as exc:
-        _delete_all(source, [aside + n for n in kept])
+        _delete_all(source, [f"{aside}/{n}" for n in old])
+        _delete_all(source, [JOURNAL_FILE])
         raise SourceError(
             f"source {spec.name}: keeping a copy of the current blobs failed ({exc.message}); "
             "nothing in the source was changed."
         ) from exc
-    new_set, old_set = set(new), set(old)
-    written: list[str] = []
-    deleted: list[str] = []
+    old_set = set(old)
     try:
+        _advance_blobs(site, journal, "swap")
         for name in new:
+            held.check()
             source.copy(staging + name, name)
-            written.append(name)
         for name in old:
-            if name not in new_set:
+            if name not in set(new):
+                held.check()
                 source.delete(name)
-                deleted.append(name)
+        _advance_blobs(site, journal, "committed")
     except InfraBackupError as exc:
         try:
-            for name in reversed(written):
-                if name in old_set:
-                    source.copy(aside + name, name)
-                else:
-                    source.delete(name)
-            for name in reversed(deleted):
-                source.copy(aside + name, name)
+            roll_back_blobs(site, journal, held)
+            finish_blobs(site, journal, staging=False)
         except InfraBackupError as undo:
             raise SourceError(
                 f"source {spec.name}: the swap into {source.description} failed "
-                f"({exc.message}) and could not be undone ({undo.message}). Nothing was "
-                f"lost: the previous blobs are under {source.prefix}{aside}, the restored ones "
-                f"under {source.prefix}{staging}."
+                f"({exc.message}) and could not be undone yet ({undo.message}). Nothing was "
+                f"lost: its journal ({source.prefix}{JOURNAL_FILE}) records the swap, and the "
+                "next restore, backup or check of this source undoes it (the previous blobs "
+                f"are under {source.prefix}{aside}/, the restored ones under "
+                f"{source.prefix}{staging})."
             ) from exc
-        _delete_all(source, [aside + n for n in old])
         raise SourceError(
             f"source {spec.name}: the swap into {source.description} failed ({exc.message}); "
             "it was undone and the source is as it was."
         ) from exc
-    return _delete_all(source, [aside + n for n in old])
+    del old_set
+    warnings = _delete_all(source, [f"{aside}/{n}" for n in old])
+    if not warnings:  # the record goes last: while copies are left, it finishes them
+        warnings = _delete_all(source, [JOURNAL_FILE])
+    return warnings
+
+
+def _advance_blobs(site: BlobSite, journal: Journal, phase: str) -> None:
+    site.write(JOURNAL_FILE, replace(journal, phase=phase).dump())
+    journal.phase = phase
+
+
+class _NoLock:
+    def check(self) -> None:
+        pass
 
 
 def _delete_all(source: BlobSource, names: list[str]) -> list[str]:
@@ -360,13 +331,24 @@ def _delete_all(source: BlobSource, names: list[str]) -> list[str]:
 
 
 @dataclass
+class _Target:
+    """One component's source, opened, locked and recovered for this restore."""
+
+    spec: SourceSpec
+    description: str
+    held: Held
+    tree: Tree | None = None  # directory and SMB sources
+    blob: BlobSource | None = None
+    root: Path | None = None  # a directory source's folder
+
+
+@dataclass
 class _Staged:
     record: ComponentRecord
     spec: SourceSpec
     result: SourceRestore
     swap: Callable[[], list[str]]
     discard: Callable[[], None]
-    close: Callable[[], None] = lambda: None
 
 
 def restore_to_sources(
@@ -380,7 +362,12 @@ def restore_to_sources(
     target_version: str | None = None,
     progress: Progress | None = None,
 ) -> ToSourcesResult:
-    """Restore the backup's components into their sources (see the module docstring)."""
+    """Restore the backup's components into their sources (see the module docstring).
+
+    Each source is locked for the whole restore (SourceBusyError, exit 3, when another
+    restore holds it) and first recovered: what an interrupted restore left there is
+    finished or undone (:mod:`shared.swap_journal`), and said so in ``recovered``.
+    """
     progress = progress or NullProgress()
     manifest = find_backup(share, layout, backup_id)
     if target_version:
@@ -390,42 +377,88 @@ def restore_to_sources(
         raise NotFoundError(f"backup {manifest.backup_id} has no component that succeeded.")
     specs = [match_source(settings, r) for r in records]
     token = uuid.uuid4().hex[:8]
-    staged: list[_Staged] = []
     result = ToSourcesResult(manifest.backup_id)
     # One unwrap and one manifest check for every component, not one each.
     data_key = unlock(manifest, keyring)
-    local = Path(tempfile.mkdtemp(prefix="infrabackup-restore-"))
-    try:
-        for record, spec in zip(records, specs, strict=True):
-            staged.append(_stage(share, manifest, data_key, settings, record, spec, token,
-                                 local, progress))
-        shutil.rmtree(local, ignore_errors=True)
-        done: list[str] = []
-        for item in list(staged):
-            try:
-                item.result.kept = item.swap()
-            except InfraBackupError as exc:
-                if done:
-                    exc.message += f" Already restored: {', '.join(done)}."
-                    exc.args = (exc.message,)
-                raise
-            staged.remove(item)
-            item.result.warnings += _quietly(item.discard)
-            item.close()
-            done.append(item.record.name)
-            result.components.append(item.result)
-    finally:
-        for item in staged:
-            _quietly(item.discard)
-            item.close()
-        shutil.rmtree(local, ignore_errors=True)
+    result.recovered += sweep()
+    holder = f"restore of backup {manifest.backup_id}"
+    staged: list[_Staged] = []
+    with contextlib.ExitStack() as stack:
+        targets = [_open_target(stack, spec, settings, holder, result) for spec in specs]
+        local: Path | None = None
+        if any(spec.type != "directory" for spec in specs):
+            with target_errors(Path(tempfile.gettempdir()), "creating a local staging folder",
+                               TMPDIR_HINT):
+                held_local = hold_new_folder(Path(tempfile.gettempdir()), TMP_PREFIX)
+            stack.callback(held_local.remove)
+            local = held_local.path
+        try:
+            for record, target in zip(records, targets, strict=True):
+                staged.append(_stage(share, manifest, data_key, record, target, token,
+                                     local, progress))
+            if local is not None:
+                held_local.remove()
+            done: list[str] = []
+            for item in list(staged):
+                try:
+                    item.result.kept = item.swap()
+                except InfraBackupError as exc:
+                    if done:
+                        exc.message += f" Already restored: {', '.join(done)}."
+                        exc.args = (exc.message,)
+                    raise
+                staged.remove(item)
+                item.result.warnings += _quietly(item.discard)
+                done.append(item.record.name)
+                result.components.append(item.result)
+        finally:
+            for item in staged:
+                _quietly(item.discard)
     return result
 
 
-def _remove_both(tree: Tree, staging: str, token: str) -> None:
-    """Clean-up: the staging folder and the replaced content (after a swap)."""
-    tree.remove_tree(staging)
-    tree.remove_tree(f"{RESTORE_REPLACED}{token}")
+#: The way out when the local staging folder (SMB and blob sources) cannot be written.
+TMPDIR_HINT = "set TMPDIR to a folder with room that this user may write"
+
+
+def _open_target(stack: contextlib.ExitStack, spec: SourceSpec, settings: Settings,
+                 holder: str, result: ToSourcesResult) -> _Target:
+    """Open the component's source, take its lock (until ``stack`` closes) and recover
+    what an interrupted restore left there."""
+    if spec.type == "directory":
+        assert spec.path is not None
+        root = Path(spec.path)
+        created = not root.exists()
+        with target_errors(root, f"creating the source folder {root}",
+                           "restore with --to DIR instead"):
+            root.mkdir(parents=True, exist_ok=True)
+        if created:
+            # After the lock is released (callbacks run last in, first out): a folder this
+            # restore made and left empty goes again.
+            stack.callback(_remove_if_empty, root)
+        tree: Tree = LocalTree(spec, root)
+        held = stack.enter_context(tree.lock(holder))
+        result.recovered += recover_tree(tree, spec.name)
+        return _Target(spec, str(root), held, tree=tree, root=root)
+    if spec.type == "smb":
+        smb = SmbSource(spec, settings)
+        stack.callback(smb.close)
+        smb_tree = SmbTree(smb)
+        held = stack.enter_context(smb_tree.lock(holder, SMB_WAIT_SECONDS))
+        result.recovered += recover_tree(smb_tree, spec.name)
+        return _Target(spec, smb.description, held, tree=smb_tree)
+    blob = BlobSource(spec, settings)
+    stack.callback(blob.close)
+    blob.guard("reading", blob.container.get_container_properties)
+    site = BlobSite(blob)
+    held = stack.enter_context(site.lock(holder, wait=LEASE_WAIT_SECONDS))
+    result.recovered += recover_blobs(site, spec.name, held)
+    return _Target(spec, blob.description, held, blob=blob)
+
+
+def _remove_if_empty(root: Path) -> None:
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _quietly(fn: Callable[[], None]) -> list[str]:
@@ -437,62 +470,61 @@ def _quietly(fn: Callable[[], None]) -> list[str]:
 
 
 def _stage(
-    share: Share, manifest: Manifest, data_key: bytes, settings: Settings,
-    record: ComponentRecord, spec: SourceSpec, token: str, local: Path, progress: Progress,
+    share: Share, manifest: Manifest, data_key: bytes, record: ComponentRecord,
+    target: _Target, token: str, local: Path | None, progress: Progress,
 ) -> _Staged:
     """Authenticate and stage one component (module docstring, step 2)."""
     staging = f"{RESTORE_STAGING}{token}"
-    name = record.name
-    if spec.type == "directory":
-        assert spec.path is not None
-        root = Path(spec.path)
-        tree = LocalTree(spec, root)
-        created = not root.exists()
-        tree._guard("creating the folder", lambda: root.mkdir(parents=True, exist_ok=True))
+    aside = f"{RESTORE_REPLACED}{token}"
+    name, spec = record.name, target.spec
+    backup_id = manifest.backup_id
+    if target.root is not None:
+        tree = target.tree
+        assert tree is not None
         try:
             restored = restore_components(share, manifest, [record], data_key,
-                                          root / staging, progress)
+                                          target.root / staging, progress,
+                                          elsewhere="restore with --to DIR instead")
         except BaseException:
-            shutil.rmtree(root / staging, ignore_errors=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    root.rmdir()
+            _quietly(lambda: tree.remove_tree(staging))
             raise
         info = restored.components[0]
         return _Staged(
             record, spec,
-            SourceRestore(name, spec.type, str(root), int(str(info["files"])),
+            SourceRestore(name, spec.type, target.description, int(str(info["files"])),
                           int(str(info["bytes"]))),
-            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token),
-            discard=lambda: _remove_both(tree, staging, token),
+            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token, backup_id=backup_id),
+            discard=lambda: clean_up_tree(tree, staging, aside),
         )
-    restored = restore_components(share, manifest, [record], data_key, local, progress)
+    assert local is not None
+    restored = restore_components(share, manifest, [record], data_key, local, progress,
+                                  elsewhere=TMPDIR_HINT)
     info = restored.components[0]
     folder = local / name
-    result = SourceRestore(name, spec.type, "", int(str(info["files"])), int(str(info["bytes"])))
-    if spec.type == "smb":
-        smb = SmbSource(spec, settings)
-        smb_tree = _SmbTree(smb)
-        result.target = smb.description
+    result = SourceRestore(name, spec.type, target.description, int(str(info["files"])),
+                           int(str(info["bytes"])))
+    if target.tree is not None:
+        smb_tree = target.tree
+        assert isinstance(smb_tree, SmbTree)
         try:
-            smb.put_tree(folder, staging)
+            smb_tree.source.put_tree(folder, staging)
         except BaseException:
-            _quietly(lambda: smb.remove_tree(staging))
-            smb.close()
+            _quietly(lambda: smb_tree.remove_tree(staging))
             raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return _Staged(record, spec, result,
-                       swap=lambda: swap_tree(smb_tree, spec, staging, token),
-                       discard=lambda: _remove_both(smb_tree, staging, token), close=smb.close)
-    blob = BlobSource(spec, settings)
-    result.target = blob.description
+                       swap=lambda: swap_tree(smb_tree, spec, staging, token,
+                                              backup_id=backup_id),
+                       discard=lambda: clean_up_tree(smb_tree, staging, aside))
+    blob = target.blob
+    assert blob is not None
     new: list[str] = []
     try:
-        blob.guard("reading", blob.container.get_container_properties)
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 rel = "/".join(path.relative_to(folder).parts)
+                target.held.check()
                 blob.upload(path, f"{staging}/{rel}")
                 new.append(rel)
             elif path.is_dir() and not any(path.iterdir()):
@@ -501,7 +533,6 @@ def _stage(
                     "no empty folders.")
     except BaseException:
         _delete_all(blob, [f"{staging}/{n}" for n in new])
-        blob.close()
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -512,7 +543,8 @@ def _stage(
             raise SourceError(warnings[0])
 
     def swap() -> list[str]:
-        result.warnings += swap_blobs(blob, new, f"{staging}/", token)
+        result.warnings += swap_blobs(blob, new, f"{staging}/", token, backup_id=backup_id,
+                                      held=target.held)
         return []
 
-    return _Staged(record, spec, result, swap=swap, discard=discard, close=blob.close)
+    return _Staged(record, spec, result, swap=swap, discard=discard)

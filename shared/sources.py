@@ -12,8 +12,8 @@ include patterns apply to files only (folders are kept so the tree stays whole).
 
 Three source types (docs/SOURCES.md): ``directory`` (here), ``smb``
 (:mod:`shared.source_smb`) and ``blob`` (:mod:`shared.source_blob`). Names starting
-with :data:`RESERVED_PREFIXES` at the top of a source are the staging folders of a
-restore into the source (:mod:`shared.restore_sources`): never backed up.
+with :data:`RESERVED_PREFIXES` at the top of a source are the staging folders and the
+journal of a restore into the source (:mod:`shared.restore_sources`): never backed up.
 
 A source's ``open`` may return a handle with ``describe() -> (size, mode, mtime)``:
 the archive asks it for the file's state when the header is written and again after
@@ -34,16 +34,25 @@ from typing import Any, BinaryIO, Protocol
 from shared.errors import InfraBackupError
 from shared.settings import Settings, SourceSpec
 
-#: Top-level names a restore into a source uses for its staging and the replaced data.
+#: Top-level names a restore into a source uses for its staging, the replaced data, and
+#: its journal and lock (:mod:`shared.swap_journal`).
 RESTORE_STAGING = ".infrabackup-restore-"
 RESTORE_REPLACED = ".infrabackup-replaced-"
-RESERVED_PREFIXES = (RESTORE_STAGING, RESTORE_REPLACED)
+RESTORE_JOURNAL = ".infrabackup-journal"
+RESERVED_PREFIXES = (RESTORE_STAGING, RESTORE_REPLACED, RESTORE_JOURNAL)
 
 
 class SourceError(InfraBackupError):
     """The source as a whole cannot be read: its component fails, the backup goes on."""
 
     code = "SourceUnreadable"
+
+
+class InterruptedSwapError(SourceError):
+    """A restore's swap into the source is in progress or was interrupted and cannot be
+    finished or undone now (:mod:`shared.swap_journal`): the source must not be read."""
+
+    code = "RestoreInterrupted"
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class Source(Protocol):
 
 
 def is_reserved(top_level_name: str) -> bool:
-    """Whether a top-level name belongs to a restore's staging (never backed up)."""
+    """Whether a top-level name belongs to a restore's staging or journal (never backed up)."""
     return top_level_name.startswith(RESERVED_PREFIXES)
 
 
