@@ -21,10 +21,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 #: How the command is started: the installed package's ``python -m`` entry point.
@@ -47,27 +49,40 @@ class Outcome:
     stderr: str
 
 
-def _start(argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None
-           ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        list(argv), cwd=cwd or REPO, env=dict(os.environ if env is None else env),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
+class _Run:
+    """A started process whose output goes to unlinked temporary files, not pipes: a
+    chatty child must never block on a full pipe while we poll it."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None,
+                 cwd: Path | None) -> None:
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
+        self.proc = subprocess.Popen(
+            list(argv), cwd=cwd or REPO, env=dict(os.environ if env is None else env),
+            stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
+            start_new_session=True,
+        )
+
+    def finish(self, killed: bool, started: float, timeout: float) -> Outcome:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(self.proc)
+            self.proc.wait()
+            raise AssertionError(f"{self.proc.args!r} did not end within {timeout} s:\n"
+                                 f"{self._read(self.err)}") from None
+        return Outcome(killed, self.proc.returncode, time.monotonic() - started,
+                       self._read(self.out), self._read(self.err))
+
+    @staticmethod
+    def _read(file: IO[bytes]) -> str:
+        file.seek(0)
+        text = file.read().decode("utf-8", "replace")
+        file.close()
+        return text
 
 
-def _finish(proc: subprocess.Popen[str], killed: bool, started: float, timeout: float
-            ) -> Outcome:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        out, err = proc.communicate()
-        raise AssertionError(f"{proc.args!r} did not end within {timeout} s:\n{err}") from None
-    return Outcome(killed, proc.returncode, time.monotonic() - started, out, err)
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
+def _kill(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -76,7 +91,7 @@ def timed_run(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
               cwd: Path | None = None, timeout: float = 300.0) -> Outcome:
     """Run to the end (no kill); the outcome says how long it took."""
     started = time.monotonic()
-    return _finish(_start(argv, env, cwd), False, started, timeout)
+    return _Run(argv, env, cwd).finish(False, started, timeout)
 
 
 def run_and_kill(
@@ -98,7 +113,8 @@ def run_and_kill(
     if when is None and after is None:
         raise ValueError("give when=, after= or both")
     started = time.monotonic()
-    proc = _start(argv, env, cwd)
+    run = _Run(argv, env, cwd)
+    proc = run.proc
     deadline = started + after if after is not None else None
     killed = False
     while proc.poll() is None:
@@ -108,7 +124,7 @@ def run_and_kill(
             killed = True
             break
         time.sleep(poll)
-    return _finish(proc, killed, started, timeout)
+    return run.finish(killed, started, timeout)
 
 
 def _holds(predicate: Callable[[], bool]) -> bool:
