@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from shared.errors import IntegrityError
+from shared.names import shown
 from shared.sources import Source, SourceEntry
 
 READ_SIZE = 1024 * 1024
@@ -43,6 +44,8 @@ class ArchiveStats:
     vanished: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: Extraction: one line per skipped entry, naming it (shared.names.shown) and why.
+    warnings: list[str] = field(default_factory=list)
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
@@ -57,6 +60,16 @@ def _pax_record(key: str, value: bytes) -> bytes:
     if len(str(length)) != len(str(len(body))):
         length += 1
     return str(length).encode() + body
+
+
+def _is_utf8(value: bytes) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int,
@@ -81,6 +94,9 @@ def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
     name = entry_path.encode("utf-8", "surrogateescape")
     target = (link or "").encode("utf-8", "surrogateescape")
     records = []
+    if not (_is_utf8(name) and _is_utf8(target)):
+        # A POSIX name that is not UTF-8 (shared.names): its bytes as they are, said so.
+        records.append(_pax_record("hdrcharset", b"BINARY"))
     if len(name) > 100 or not name.isascii():
         records.append(_pax_record("path", name))
         name = name[:100]
@@ -217,19 +233,53 @@ class ChunkReader(io.RawIOBase):
         return n
 
 
-def _safe_member_path(name: str) -> PurePosixPath:
-    path = PurePosixPath(name.rstrip("/"))
-    if path.is_absolute() or ".." in path.parts or not path.parts or "\\" in name or (
-        ":" in path.parts[0]
-    ):
-        raise IntegrityError(f"the archive holds an unsafe path {name!r}; refusing it.")
-    return path
+#: Restored files get a hole wherever their data has a whole block of this many zero
+#: bytes (the usual file-system block): a sparse file comes back sparse.
+HOLE_BLOCK = 4096
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
+_ZERO_READ = bytes(READ_SIZE)
+
+#: OSError numbers that concern one entry (its name, or its place among the others), not
+#: the target: a folder that cannot hold that name (too long, characters or bytes its file
+#: system refuses) or a name used twice. The entry is skipped and named; the rest goes on.
+_ENTRY_ERRNOS = frozenset({
+    errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.ENOTDIR,
+    errno.EISDIR, errno.ELOOP,
+})
 
 
-def _link_stays_inside(member: PurePosixPath, target: str) -> bool:
+class _Refused(Exception):
+    """An archive entry that is not extracted; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _member_parts(name: str) -> tuple[str, ...]:
+    """The folder-relative parts of a member's path; _Refused when it would leave the folder.
+
+    Any POSIX name is restored as it is (a backslash, a colon, bytes that are not UTF-8 are
+    ordinary characters in a POSIX name); only what could leave the folder is refused.
+    """
+    if "\0" in name:
+        raise _Refused("the name holds a NUL byte")
+    if name.startswith("/"):
+        raise _Refused("the path is absolute")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if not parts:
+        raise _Refused("the path is empty")
+    if ".." in parts:
+        raise _Refused("the path has a '..' part")
+    if os.name != "posix" and any(c in name for c in "\\:"):
+        raise _Refused("this system's paths cannot hold '\\' or ':' in a name")
+    return parts
+
+
+def _link_stays_inside(member: tuple[str, ...], target: str) -> bool:
     if target.startswith("/"):
         return False
-    depth = len(member.parts) - 1
+    depth = len(member) - 1
     for part in PurePosixPath(target).parts:
         depth += -1 if part == ".." else (0 if part == "." else 1)
         if depth < 0:
@@ -237,70 +287,289 @@ def _link_stays_inside(member: PurePosixPath, target: str) -> bool:
     return True
 
 
-def _inside(dest: Path, target: Path) -> bool:
-    """Whether ``target``'s folder is where its name says: no link on the way to it."""
-    lexical = os.path.join(os.path.realpath(dest), *target.relative_to(dest).parts[:-1])
-    return os.path.realpath(target.parent) == lexical
+def _joined(root: str, parts: tuple[str, ...]) -> str:
+    """``root/parts...`` (os.path.join is slow for a path thousands of parts deep)."""
+    return "/".join((root.rstrip("/"), *parts)) if parts else root
+
+
+def _inside(root: str, parts: tuple[str, ...]) -> bool:
+    """Whether the folder of ``root/parts`` is where its name says: no link on the way."""
+    folder = _joined(root, parts[:-1])
+    return os.path.realpath(folder) == _joined(os.path.realpath(root), parts[:-1])
+
+
+def _make_dirs(root: str, parts: tuple[str, ...], have: int | None = None) -> None:
+    """Make the folders ``root/parts...``; ENOTDIR where a non-folder is in the way.
+
+    ``have``: how many of ``parts`` are known to exist already; otherwise found upwards
+    from the deepest (usually the entry's folder exists). No recursion: a tree may be
+    deeper than Python's recursion limit.
+    """
+    if have is None:
+        have = len(parts)
+        while have and not os.path.isdir(_joined(root, parts[:have])):
+            have -= 1
+    path = _joined(root, parts[:have])
+    for part in parts[have:]:
+        path = f"{path}/{part}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if os.path.islink(path) or not os.path.isdir(path):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", path) from None
+
+
+def remove_tree(path: str | os.PathLike[str], ignore_errors: bool = False) -> None:
+    """Remove the folder ``path`` and everything in it, never following a link.
+
+    ``shutil.rmtree`` without its recursion (Python 3.11's recurses once per level, so
+    a tree deeper than the recursion limit raises RecursionError). Raises the first
+    OSError, or with ``ignore_errors`` removes what it can and returns.
+    """
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", os.fspath(path))
+    except OSError:
+        if ignore_errors:
+            return
+        raise
+    stack = [os.fspath(path)]
+    failed: set[str] = set()
+    while stack:
+        top = stack[-1]
+        try:
+            folders = []
+            with os.scandir(top) as it:
+                for item in it:
+                    if item.is_dir(follow_symlinks=False):
+                        if item.path not in failed:
+                            folders.append(item.path)
+                    else:
+                        os.unlink(item.path)
+            if folders:
+                stack.extend(folders)
+                continue
+            os.rmdir(top)
+        except OSError:
+            if not ignore_errors:
+                raise
+            failed.add(top)
+        stack.pop()
+
+
+class _FolderTimes:
+    """Sets each restored folder's mode and time once the archive has left it.
+
+    Writing into a folder changes its time, so it is set when nothing more goes in: a
+    tar stream lists a folder's contents right after it, so that is when the first entry
+    outside it comes. Only the open folders are held (as deep as the tree, not as many
+    as it has), plus the folders that get a symbolic link at the end.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._open: list[tuple[tuple[str, ...], float, int]] = []
+        self._again: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    @property
+    def current(self) -> tuple[str, ...] | None:
+        """The innermost open folder."""
+        return self._open[-1][0] if self._open else None
+
+    def reach(self, parts: tuple[str, ...]) -> None:
+        """The next entry is ``parts``: close every folder it is not inside."""
+        while self._open and parts[: len(self._open[-1][0])] != self._open[-1][0]:
+            self._set(*self._open.pop())
+
+    def enter(self, parts: tuple[str, ...], mtime: float, mode: int) -> None:
+        self._open.append((parts, mtime, mode))
+
+    def link_in(self, parts: tuple[str, ...]) -> None:
+        """A symbolic link will be made in the folder of ``parts``: set its time again then."""
+        folder = parts[:-1]
+        for open_parts, mtime, mode in reversed(self._open):
+            if open_parts == folder:
+                self._again[folder] = (mtime, mode)
+                return
+
+    def close_all(self) -> None:
+        while self._open:
+            self._set(*self._open.pop())
+
+    def set_again(self) -> None:
+        for parts, (mtime, mode) in sorted(self._again.items(), key=lambda i: -len(i[0])):
+            self._set(parts, mtime, mode)
+
+    def _set(self, parts: tuple[str, ...], mtime: float, mode: int) -> None:
+        path = _joined(self._root, parts)
+        try:
+            os.chmod(path, (mode & 0o777) | 0o700, follow_symlinks=False)
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _ENTRY_ERRNOS and exc.errno != errno.ENOENT:
+                raise
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _write_data(reader: io.BufferedIOBase, fd: int) -> None:
+    """Copy a member's data into the new file ``fd``, with holes for whole zero blocks.
+
+    Blocks of :data:`HOLE_BLOCK` zero bytes (aligned in the file) are not written; the
+    final size is set at the end. Where the file system has no holes it stores zeros:
+    the content is the same either way.
+    """
+    offset = end = 0  # bytes of the file seen; end of what was written
+    while chunk := reader.read(READ_SIZE):
+        size = len(chunk)
+        if size == READ_SIZE and chunk == _ZERO_READ:
+            pass
+        elif size < HOLE_BLOCK or chunk.find(_ZERO_BLOCK) < 0:
+            _pwrite_all(fd, chunk, offset)  # no zero block in it: the common case
+            end = offset + size
+        else:
+            end = _write_blocks(fd, chunk, offset) or end
+        offset += size
+    if offset > end:
+        os.ftruncate(fd, offset)
+
+
+def _write_blocks(fd: int, chunk: bytes, offset: int) -> int | None:
+    """Write ``chunk`` at ``offset`` but its zero blocks; the end of what was written."""
+    view = memoryview(chunk)
+    start = pos = 0
+    written = None
+    while pos + HOLE_BLOCK <= len(chunk):
+        if chunk[pos : pos + HOLE_BLOCK] == _ZERO_BLOCK:
+            if start < pos:
+                _pwrite_all(fd, view[start:pos], offset + start)
+                written = offset + pos
+            start = pos + HOLE_BLOCK
+        pos += HOLE_BLOCK
+    if start < len(chunk):
+        _pwrite_all(fd, view[start:], offset + start)
+        written = offset + len(chunk)
+    return written
 
 
 def extract_stream(chunks: Iterable[bytes], dest: Path) -> ArchiveStats:
     """Write the tar stream ``chunks`` into the folder ``dest`` (which must exist, empty).
 
-    Raises IntegrityError for an unsafe or malformed archive; any error from the chunk
-    iterator (failed authentication) propagates, leaving ``dest`` partly written: the
-    caller extracts into a staging folder and discards it on error. Symbolic links are
-    made last, and only where neither the link's folder nor its target leaves ``dest``,
-    so no entry can be written through a link the archive itself planted. OSError (a full
-    disk) propagates for the caller to translate.
+    Every POSIX name is restored as it was (docs/FORMAT.md). An entry that cannot be
+    restored here is skipped, listed in ``skipped`` and explained in ``warnings``, and
+    the rest goes on: a path that would leave ``dest`` (absolute, ``..``), a symbolic
+    link whose target leaves the component or that would be made through another link,
+    a name the target's file system refuses (too long, a character or bytes it cannot
+    hold), a kind of entry that is not restored (devices, hard links).
+
+    Symbolic links are made last, and only where neither the link's folder nor its
+    target leaves ``dest``, so no entry can be written through a link the archive
+    itself planted; files are opened with ``O_NOFOLLOW``. Runs of zero blocks become
+    holes. Memory does not grow with the number of entries (only with the tree's depth
+    and its symbolic links).
+
+    Raises IntegrityError for a malformed archive; any error from the chunk iterator
+    (failed authentication) propagates, leaving ``dest`` partly written: the caller
+    extracts into a staging folder and discards it on error. Any other OSError (a full
+    disk, a read-only target) propagates for the caller to translate.
     """
     stats = ArchiveStats()
-    folder_times: list[tuple[Path, float, int]] = []
-    links: list[tuple[Path, str, str]] = []
+    root = os.fspath(dest)
+    folders = _FolderTimes(root)
+    links: list[tuple[tuple[str, ...], str, str]] = []
     try:
         # A large buffer: tarfile's default (10 KiB) would mean a Python call per 10 KiB.
+        # Names that are not UTF-8 come back as surrogateescape str (shared.names).
         archive = tarfile.open(  # noqa: SIM115 - closed by the with below
-            fileobj=ChunkReader(chunks), mode="r|", bufsize=READ_SIZE
+            fileobj=ChunkReader(chunks), mode="r|", bufsize=READ_SIZE,
+            encoding="utf-8", errors="surrogateescape",
         )
     except tarfile.ReadError as exc:
         raise IntegrityError(f"the component is not a valid archive ({exc}).") from None
     with archive:
         try:
-            for member in archive:
-                rel = _safe_member_path(member.name)
-                target = dest.joinpath(*rel.parts)
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    folder_times.append((target, member.mtime, member.mode))
-                    stats.folders += 1
-                elif member.isreg():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    reader = archive.extractfile(member)
-                    assert reader is not None
-                    # O_NOFOLLOW: never write through a link, whatever put it there.
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                                 0o600)
-                    with open(fd, "wb") as out:
-                        while block := reader.read(READ_SIZE):
-                            out.write(block)
-                    os.chmod(target, member.mode & 0o777)
-                    os.utime(target, (member.mtime, member.mtime))
-                    stats.files += 1
-                    stats.bytes += member.size
-                elif member.issym() and _link_stays_inside(rel, member.linkname):
-                    links.append((target, member.linkname, member.name))
-                else:
-                    stats.skipped.append(member.name)
+            while (member := archive.next()) is not None:
+                # tarfile keeps every member it has read (for getmembers()): a restore
+                # of many files must not.
+                archive.members.clear()  # type: ignore[attr-defined]
+                _extract_member(archive, member, root, folders, links, stats)
         except tarfile.TarError as exc:
             raise IntegrityError(f"the component's archive is malformed ({exc}).") from None
-    for target, link, name in links:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not _inside(dest, target) or os.path.lexists(target):
-            stats.skipped.append(name)  # through an earlier link, or a duplicate
+    folders.close_all()
+    for parts, link, name in links:
+        try:
+            _make_dirs(root, parts[:-1])
+            target = _joined(root, parts)
+            if not _inside(root, parts) or os.path.lexists(target):
+                _skip(stats, name, "a symbolic link where another entry already is, or "
+                      "inside a symbolic link: not made")
+                continue
+            os.symlink(link, target)
+        except OSError as exc:
+            if exc.errno not in _ENTRY_ERRNOS:
+                raise
+            _skip(stats, name, exc.strerror or str(exc))
             continue
-        os.symlink(link, target)
         stats.files += 1
-    # Folder times last: writing files into a folder changes its mtime.
-    for folder, mtime, mode in reversed(folder_times):
-        os.chmod(folder, (mode & 0o777) | 0o700)
-        os.utime(folder, (mtime, mtime))
+    folders.set_again()
     return stats
+
+
+def _skip(stats: ArchiveStats, name: str, reason: str) -> None:
+    stats.skipped.append(name)
+    stats.warnings.append(f"{shown(name)}: not restored, {reason}")
+
+
+def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: str,
+                    folders: _FolderTimes, links: list[tuple[tuple[str, ...], str, str]],
+                    stats: ArchiveStats) -> None:
+    name = member.name
+    try:
+        parts = _member_parts(name)
+    except _Refused as refused:
+        _skip(stats, name, f"{refused.reason}: it could leave the restore folder")
+        return
+    folders.reach(parts)
+    if member.issym():
+        if _link_stays_inside(parts, member.linkname):
+            links.append((parts, member.linkname, name))
+            folders.link_in(parts)
+        else:
+            _skip(stats, name, "a symbolic link whose target is outside the component")
+        return
+    if not (member.isdir() or member.isreg()):
+        _skip(stats, name, "hard links, devices and FIFOs are not restored")
+        return
+    try:
+        in_current = folders.current == parts[:-1]
+        if member.isdir():
+            _make_dirs(root, parts, len(parts) - 1 if in_current else None)
+            folders.enter(parts, member.mtime, member.mode)
+            stats.folders += 1
+            return
+        if not in_current:
+            _make_dirs(root, parts[:-1])
+        # O_NOFOLLOW: never write through a link, whatever put it there.
+        fd = os.open(_joined(root, parts),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        if exc.errno not in _ENTRY_ERRNOS:
+            raise
+        _skip(stats, name, exc.strerror or str(exc))
+        return
+    try:
+        reader = archive.extractfile(member)
+        assert reader is not None
+        _write_data(reader, fd)  # type: ignore[arg-type]
+        os.fchmod(fd, member.mode & 0o777)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+    stats.files += 1
+    stats.bytes += member.size

@@ -45,6 +45,7 @@ from shared.errors import ConnectivityError, GeneralFault, InfraBackupError
 from shared.keys import KeyWrapper
 from shared.layout import StampLayout, format_timestamp
 from shared.manifest import ComponentRecord, Manifest
+from shared.names import shown
 from shared.pipeline import prefetch
 from shared.settings import Settings, SourceSpec
 from shared.share.base import Share, parent_and_name
@@ -317,7 +318,7 @@ def _backup_component(
         written.remove(path)
         record.message = (
             f"{len(stats.unreadable)} file(s) could not be read (permission denied): "
-            + ", ".join(stats.unreadable[:10])
+            + ", ".join(shown(p) for p in stats.unreadable[:10])
         )
         log.warning("component %s failed: %s", spec.name, record.message)
         return record

@@ -15,6 +15,7 @@ from typing import Any
 from shared.encryption import manifest_mac
 from shared.errors import IntegrityError
 from shared.layout import backup_id_or_none, parse_timestamp
+from shared.names import json_text
 from shared.settings import is_safe_name
 
 MANIFEST_FORMAT = 1
@@ -142,7 +143,8 @@ class Manifest:
         body = self.body()
         self.mac = manifest_mac(data_key, body)
         self.raw = {**body, "mac": self.mac}
-        return (json.dumps({**body, "mac": self.mac}, indent=2, ensure_ascii=False) + "\n").encode()
+        text = json.dumps({**body, "mac": self.mac}, indent=2, ensure_ascii=False)
+        return (json_text(text) + "\n").encode()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shown by ``show --json`` (the manifest as stored)."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.archive import extract_stream
+from shared.archive import extract_stream, remove_tree
 from shared.backup import NullProgress, Progress
 from shared.catalog import component_path, find_backup
 from shared.encryption import check_manifest_mac, decrypt_stream
@@ -197,7 +196,7 @@ def restore_components(
                 os.rename(final, staging)
         for staging in staged.values():
             with contextlib.suppress(OSError):
-                shutil.rmtree(staging)
+                remove_tree(staging)
         if created:
             with contextlib.suppress(OSError):
                 destination.rmdir()
@@ -225,7 +224,7 @@ def _stage_and_move(
         )
         result.components.append(
             {"name": record.name, "files": stats.files, "folders": stats.folders,
-             "bytes": stats.bytes, "skipped": stats.skipped,
+             "bytes": stats.bytes, "skipped": stats.skipped, "warnings": stats.warnings,
              "path": str(finals[record.name])}
         )
     # Everything authenticated: move into place.

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import tempfile
 import uuid
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from shared.archive import remove_tree
 from shared.backup import NullProgress, Progress
 from shared.catalog import find_backup
 from shared.errors import ConfigError, InfraBackupError, NotFoundError
@@ -183,7 +183,7 @@ class LocalTree:
     def remove_tree(self, rel: str) -> None:
         path = self._path(rel)
         if path.is_dir() and not path.is_symlink():
-            self._guard(f"removing {rel}", lambda: shutil.rmtree(path))
+            self._guard(f"removing {rel}", lambda: remove_tree(path))
         elif os.path.lexists(path):
             self._guard(f"removing {rel}", lambda: path.unlink())
 
@@ -215,11 +215,14 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str) -> list[str]:
+def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str,
+              keep: frozenset[str] = frozenset()) -> list[str]:
     """Swap the staged folder ``staged`` into the source folder (module docstring, step 3).
 
-    Returns the left-out entries that were kept. Raises SourceError after undoing the
-    steps done; the staging folder is the caller's to remove.
+    Entries named in ``keep`` (the restore could not write them: a name the target cannot
+    hold) stay as the source has them, as left-out entries do. Returns the left-out
+    entries that were kept. Raises SourceError after undoing the steps done; the staging
+    folder is the caller's to remove.
     """
     aside = f"{RESTORE_REPLACED}{token}"
     moved_aside: list[str] = []
@@ -235,7 +238,7 @@ def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str) -> list[str
         for name, _kind in tree.list(staged):
             tree.rename(_join(staged, name), name)
             moved_in.append(name)
-        _carry_back(tree, spec, aside, "", carried, made)
+        _carry_back(tree, spec, aside, "", carried, made, keep)
     except InfraBackupError as exc:
         try:
             for rel in reversed(carried):
@@ -263,23 +266,27 @@ def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str) -> list[str
 
 
 def _carry_back(tree: Tree, spec: SourceSpec, aside: str, rel_dir: str,
-                carried: list[str], made: list[str]) -> None:
+                carried: list[str], made: list[str], keep: frozenset[str]) -> None:
     """Rename back what include/exclude leave out of the component (never backed up)."""
-    for name, kind in tree.list(_join(aside, rel_dir)):
-        rel = rel_dir + name
-        if kind == "dir" and selected(spec, rel, True):
-            _carry_back(tree, spec, aside, rel + "/", carried, made)
-            continue
-        left_out = kind == "other" or not selected(spec, rel, kind == "dir")
-        if left_out and not tree.exists(rel):
-            parts = rel.split("/")[:-1]
-            for depth in range(1, len(parts) + 1):
-                parent = "/".join(parts[:depth])
-                if not tree.exists(parent):
-                    tree.make_dirs(parent)
-                    made.append(parent)
-            tree.rename(_join(aside, rel), rel)
-            carried.append(rel)
+    # A stack, not recursion: a tree may be deeper than Python's recursion limit.
+    folders = [rel_dir]
+    while folders:
+        rel_dir = folders.pop()
+        for name, kind in tree.list(_join(aside, rel_dir)):
+            rel = rel_dir + name
+            if kind == "dir" and selected(spec, rel, True) and rel not in keep:
+                folders.append(rel + "/")
+                continue
+            left_out = kind == "other" or not selected(spec, rel, kind == "dir") or rel in keep
+            if left_out and not tree.exists(rel):
+                parts = rel.split("/")[:-1]
+                for depth in range(1, len(parts) + 1):
+                    parent = "/".join(parts[:depth])
+                    if not tree.exists(parent):
+                        tree.make_dirs(parent)
+                        made.append(parent)
+                tree.rename(_join(aside, rel), rel)
+                carried.append(rel)
 
 
 # ---- the blob swap ----------------------------------------------------------------------
@@ -294,8 +301,12 @@ def _blob_selected(spec: SourceSpec, rel: str) -> bool:
     return all(selected(spec, f, True) for f in folders) and selected(spec, rel, False)
 
 
-def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str) -> list[str]:
-    """Copy the staged blobs over the prefix (module docstring, step 3); return warnings."""
+def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str,
+               keep: frozenset[str] = frozenset()) -> list[str]:
+    """Copy the staged blobs over the prefix (module docstring, step 3); return warnings.
+
+    Blobs named in ``keep`` (the restore could not stage them) are left as they are.
+    """
     spec = source.spec
     aside = f"{RESTORE_REPLACED}{token}/"
     old = [n for n in source.names() if _blob_selected(spec, n)]
@@ -318,7 +329,7 @@ def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str) -> 
             source.copy(staging + name, name)
             written.append(name)
         for name in old:
-            if name not in new_set:
+            if name not in new_set and name not in keep:
                 source.delete(name)
                 deleted.append(name)
     except InfraBackupError as exc:
@@ -399,7 +410,7 @@ def restore_to_sources(
         for record, spec in zip(records, specs, strict=True):
             staged.append(_stage(share, manifest, data_key, settings, record, spec, token,
                                  local, progress))
-        shutil.rmtree(local, ignore_errors=True)
+        remove_tree(local, ignore_errors=True)
         done: list[str] = []
         for item in list(staged):
             try:
@@ -418,7 +429,7 @@ def restore_to_sources(
         for item in staged:
             _quietly(item.discard)
             item.close()
-        shutil.rmtree(local, ignore_errors=True)
+        remove_tree(local, ignore_errors=True)
     return result
 
 
@@ -434,6 +445,20 @@ def _quietly(fn: Callable[[], None]) -> list[str]:
     except InfraBackupError as exc:
         return [f"clean-up: {exc.message}"]
     return []
+
+
+def _warnings(info: dict[str, object]) -> list[str]:
+    """The entries the extraction skipped, each named with its reason."""
+    warnings = info.get("warnings", [])
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+
+def _skipped(info: dict[str, object]) -> frozenset[str]:
+    """The entries the extraction could not write: the source keeps its own of them."""
+    skipped = info.get("skipped", [])
+    if not isinstance(skipped, list):
+        return frozenset()
+    return frozenset(str(s).strip("/") for s in skipped)
 
 
 def _stage(
@@ -453,7 +478,7 @@ def _stage(
             restored = restore_components(share, manifest, [record], data_key,
                                           root / staging, progress)
         except BaseException:
-            shutil.rmtree(root / staging, ignore_errors=True)
+            remove_tree(root / staging, ignore_errors=True)
             if created:
                 with contextlib.suppress(OSError):
                     root.rmdir()
@@ -462,28 +487,31 @@ def _stage(
         return _Staged(
             record, spec,
             SourceRestore(name, spec.type, str(root), int(str(info["files"])),
-                          int(str(info["bytes"]))),
-            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token),
+                          int(str(info["bytes"])), warnings=_warnings(info)),
+            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token, _skipped(info)),
             discard=lambda: _remove_both(tree, staging, token),
         )
     restored = restore_components(share, manifest, [record], data_key, local, progress)
     info = restored.components[0]
     folder = local / name
-    result = SourceRestore(name, spec.type, "", int(str(info["files"])), int(str(info["bytes"])))
+    result = SourceRestore(name, spec.type, "", int(str(info["files"])), int(str(info["bytes"])),
+                           warnings=_warnings(info))
     if spec.type == "smb":
         smb = SmbSource(spec, settings)
         smb_tree = _SmbTree(smb)
         result.target = smb.description
         try:
-            smb.put_tree(folder, staging)
+            refused = smb.put_tree(folder, staging)
         except BaseException:
             _quietly(lambda: smb.remove_tree(staging))
             smb.close()
             raise
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder, ignore_errors=True)
+        result.warnings += [why for _, why in refused]
+        keep = _skipped(info) | {path for path, _ in refused}
         return _Staged(record, spec, result,
-                       swap=lambda: swap_tree(smb_tree, spec, staging, token),
+                       swap=lambda: swap_tree(smb_tree, spec, staging, token, keep),
                        discard=lambda: _remove_both(smb_tree, staging, token), close=smb.close)
     blob = BlobSource(spec, settings)
     result.target = blob.description
@@ -504,7 +532,7 @@ def _stage(
         blob.close()
         raise
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder, ignore_errors=True)
 
     def discard() -> None:
         warnings = _delete_all(blob, [f"{staging}/{n}" for n in new])
@@ -512,7 +540,7 @@ def _stage(
             raise SourceError(warnings[0])
 
     def swap() -> list[str]:
-        result.warnings += swap_blobs(blob, new, f"{staging}/", token)
+        result.warnings += swap_blobs(blob, new, f"{staging}/", token, _skipped(info))
         return []
 
     return _Staged(record, spec, result, swap=swap, discard=discard, close=blob.close)
