@@ -4,27 +4,32 @@ Producing: :func:`tar_stream` turns a source's entries into tar bytes without ho
 file in memory. A file is opened before its header is written so the header carries
 the size of the file as opened; if the file then shrinks, the rest is padded with zero
 bytes, and if it grows, only the size in the header is read; either way the file is
-listed in ``changed`` (changed during backup) and a later backup takes it whole. A file
-that vanished before it could be opened is listed in ``vanished``; one that cannot be
-read (permissions) in ``unreadable``, which fails the component.
+listed in ``changed`` (changed during backup) and a later backup takes it whole. A
+local file with holes is stored as GNU sparse 1.0, its holes not read (:func:`_sparse_map`).
+A file that vanished before it could be opened is listed in ``vanished``; one that cannot
+be read (permissions) in ``unreadable``, which fails the component.
 
 Consuming: :func:`extract_stream` writes a tar stream into a folder. It trusts nothing
 in the archive: names are checked to stay inside the folder, symbolic links are
 recreated only when their target stays inside the component, and no device files,
-hard links or ownership changes are made.
+hard links or ownership changes are made; an entry it cannot make is skipped and
+named, never stopping the rest. Holes come back as holes; memory stays flat whatever
+the number of entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import stat
 import struct
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, cast
 
 from shared.errors import IntegrityError
 from shared.names import shown
@@ -32,6 +37,10 @@ from shared.sources import Source, SourceEntry
 
 READ_SIZE = 1024 * 1024
 SMALL_FILE = 256 * 1024  # read in one piece and sent with its header
+#: A local file at least this big with holes is stored sparse (GNU sparse 1.0, pax): its
+#: holes are neither read, encrypted nor stored.
+SPARSE_MIN = 64 * 1024
+MAX_SPARSE_REGIONS = 10_000
 BLOCK = tarfile.BLOCKSIZE  # 512
 
 
@@ -84,12 +93,14 @@ def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int,
 
 
 def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
-            link: str | None = None) -> bytes:
+            link: str | None = None, real_size: int | None = None) -> bytes:
     """The tar header of one entry: a ustar block, preceded by a pax header when needed.
 
     Written by hand rather than with ``tarfile.TarInfo.tobuf`` because a backup of many
     small files spent half its time there. pax records carry what ustar cannot: a
     non-ASCII or long name or link target, a size of 8 GiB or more, sub-second times.
+    With ``real_size``, a GNU sparse 1.0 file (:func:`_sparse_data`): ``size`` is what
+    is stored (map and data), the name and real size are in ``GNU.sparse.*`` records.
     """
     name = entry_path.encode("utf-8", "surrogateescape")
     target = (link or "").encode("utf-8", "surrogateescape")
@@ -97,7 +108,13 @@ def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
     if not (_is_utf8(name) and _is_utf8(target)):
         # A POSIX name that is not UTF-8 (shared.names): its bytes as they are, said so.
         records.append(_pax_record("hdrcharset", b"BINARY"))
-    if len(name) > 100 or not name.isascii():
+    if real_size is not None:
+        records += [_pax_record("GNU.sparse.major", b"1"), _pax_record("GNU.sparse.minor", b"0"),
+                    _pax_record("GNU.sparse.name", name),
+                    _pax_record("GNU.sparse.realsize", str(real_size).encode())]
+        folder, _, base = name.rpartition(b"/")
+        name = ((folder + b"/" if folder else b"") + b"GNUSparseFile.0/" + base)[:100]
+    elif len(name) > 100 or not name.isascii():
         records.append(_pax_record("path", name))
         name = name[:100]
     if len(target) > 100 or not target.isascii():
@@ -150,6 +167,18 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
         raise
     with handle:
         size, mode, mtime = _describe(handle, entry)
+        sparse = _sparse_map(handle, size)
+        if sparse is not None:
+            # A local file (it has a descriptor and seeks): _sparse_map checked.
+            changed = yield from _sparse_data(cast(BinaryIO, handle), path, mode, mtime,
+                                              size, *sparse, progress)
+            if not changed:
+                changed = _describe(handle, entry)[2] != mtime
+            if changed:
+                stats.changed.append(path)
+            stats.files += 1
+            stats.bytes += size
+            return
         header = _header(path, "file", mode, mtime, size)
         padding = b"\0" * (-size % BLOCK)
         remaining = size
@@ -184,6 +213,89 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
         stats.bytes += size
         if padding:
             yield padding
+
+
+def _sparse_map(handle: object, size: int) -> tuple[list[tuple[int, int]], bytes] | None:
+    """A local file with holes: its data regions ``(offset, length)`` and the GNU sparse
+    1.0 map that lists them; None for any other file, stored whole.
+
+    None too for a handle without a descriptor (SMB, blob), a file system that cannot
+    say where the holes are, a file whose map would be large (more than
+    :data:`MAX_SPARSE_REGIONS`), or one whose stored data would pass 8 GiB (tar readers
+    then mis-place the next entry).
+    """
+    fileno, seek = getattr(handle, "fileno", None), getattr(handle, "seek", None)
+    if size < SPARSE_MIN or fileno is None or seek is None:
+        return None
+    regions: list[tuple[int, int]] = []
+    try:
+        fd = fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_blocks * 512 >= size:
+            return None  # every byte is allocated: no holes
+        offset = 0
+        while offset < size and len(regions) <= MAX_SPARSE_REGIONS:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                break  # no data after offset: the rest is a hole
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append((start, end - start))
+            offset = end
+    except (OSError, io.UnsupportedOperation):
+        return None
+    finally:
+        with contextlib.suppress(OSError, io.UnsupportedOperation):
+            seek(0)
+    data = sum(length for _, length in regions)
+    if len(regions) > MAX_SPARSE_REGIONS or data >= size:
+        return None
+    # GNU tar ends the map with a region of length 0 at the real size; so does this.
+    listed = [*regions, (size, 0)]
+    text = f"{len(listed)}\n" + "".join(f"{o}\n{n}\n" for o, n in listed)
+    mapping = text.encode() + b"\0" * (-len(text) % BLOCK)
+    if len(mapping) + data > _MAX_OCTAL_SIZE:
+        return None
+    return regions, mapping
+
+
+def _sparse_data(handle: BinaryIO, path: str, mode: int, mtime: float, size: int,
+                 regions: list[tuple[int, int]], mapping: bytes,
+                 progress: Callable[[int], None] | None) -> Generator[bytes, None, bool]:
+    """A file with holes as GNU sparse 1.0: header, map, the data regions (holes are
+    neither read nor stored), padding. Returns whether the file changed while read."""
+    stored = len(mapping) + sum(length for _, length in regions)
+    yield _header(path, "file", mode, mtime, stored, real_size=size) + mapping
+    changed = False
+    position = 0
+    for offset, length in regions:
+        if progress:
+            progress(offset - position)  # the hole before this region counts as read
+        handle.seek(offset)
+        remaining = length
+        while remaining:
+            chunk = handle.read(min(READ_SIZE, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            if progress:
+                progress(len(chunk))
+            yield chunk
+        if remaining:
+            changed = True  # it shrank while we read it: keep the archive well-formed
+            yield b"\0" * remaining
+        position = offset + length
+    if progress:
+        progress(size - position)
+    handle.seek(size)
+    changed = changed or bool(handle.read(1))
+    if stored % BLOCK:
+        yield b"\0" * (-stored % BLOCK)
+    return changed
 
 
 def _describe(handle: object, entry: SourceEntry) -> tuple[int, int, float]:
@@ -417,26 +529,38 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _write_data(reader: io.BufferedIOBase, fd: int) -> None:
+def _write_data(reader: io.BufferedIOBase, fd: int, member: tarfile.TarInfo) -> None:
     """Copy a member's data into the new file ``fd``, with holes for whole zero blocks.
 
-    Blocks of :data:`HOLE_BLOCK` zero bytes (aligned in the file) are not written; the
-    final size is set at the end. Where the file system has no holes it stores zeros:
-    the content is the same either way.
+    Blocks of :data:`HOLE_BLOCK` zero bytes (aligned in the file) are not written, and
+    the holes of a member stored sparse are not even read; the final size is set at the
+    end. Where the file system has no holes it stores zeros: the content is the same.
     """
-    offset = end = 0  # bytes of the file seen; end of what was written
-    while chunk := reader.read(READ_SIZE):
-        size = len(chunk)
-        if size == READ_SIZE and chunk == _ZERO_READ:
-            pass
-        elif size < HOLE_BLOCK or chunk.find(_ZERO_BLOCK) < 0:
-            _pwrite_all(fd, chunk, offset)  # no zero block in it: the common case
-            end = offset + size
-        else:
-            end = _write_blocks(fd, chunk, offset) or end
-        offset += size
-    if offset > end:
-        os.ftruncate(fd, offset)
+    sparse = getattr(member, "sparse", None)
+    regions = sparse if sparse is not None else [(0, member.size)]
+    if sparse is not None:
+        # The unbuffered reader: it seeks over a hole without reading (the buffered one
+        # refuses to seek on a stream, and reading would make the hole's zeros).
+        reader = reader.raw  # type: ignore[attr-defined]
+    end = 0  # end of what was written
+    for start, length in regions:
+        if sparse is not None:
+            reader.seek(start)
+        offset = start
+        while offset < start + length and (
+            chunk := reader.read(min(READ_SIZE, start + length - offset))
+        ):
+            size = len(chunk)
+            if size == READ_SIZE and chunk == _ZERO_READ:
+                pass
+            elif size < HOLE_BLOCK or chunk.find(_ZERO_BLOCK) < 0:
+                _pwrite_all(fd, chunk, offset)  # no zero block in it: the common case
+                end = offset + size
+            else:
+                end = _write_blocks(fd, chunk, offset) or end
+            offset += size
+    if member.size > end:
+        os.ftruncate(fd, member.size)
 
 
 def _write_blocks(fd: int, chunk: bytes, offset: int) -> int | None:
@@ -566,7 +690,7 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: str
     try:
         reader = archive.extractfile(member)
         assert reader is not None
-        _write_data(reader, fd)  # type: ignore[arg-type]
+        _write_data(reader, fd, member)  # type: ignore[arg-type]
         os.fchmod(fd, member.mode & 0o777)
         os.utime(fd, (member.mtime, member.mtime))
     finally:

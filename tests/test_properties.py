@@ -65,8 +65,8 @@ files = st.tuples(st.just("file"), st.binary(max_size=2000),
                   st.sampled_from([0o644, 0o600, 0o755, 0o400, 0o000]),
                   st.floats(0, 2_000_000_000, allow_nan=False))
 sparse = st.tuples(st.just("sparse"), st.integers(1, 3 * 1024 * 1024),
-                   st.lists(st.tuples(st.integers(0, 3 * 1024 * 1024), st.binary(min_size=1, max_size=64)),
-                            max_size=3))
+                   st.lists(st.tuples(st.integers(0, 3 * 1024 * 1024),
+                                      st.binary(min_size=1, max_size=64)), max_size=3))
 leaves = st.one_of(files, files, sparse, st.tuples(st.just("link"), link_targets),
                    st.just(("fifo",)), st.just(("dir", {})))
 
