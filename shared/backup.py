@@ -59,6 +59,7 @@ from shared.layout import (
     parse_timestamp,
 )
 from shared.manifest import ComponentRecord, Manifest
+from shared.names import shown
 from shared.pipeline import prefetch
 from shared.settings import Settings, SourceSpec
 from shared.share.base import PARTIAL_MARKER, Share, join, parent_and_name
@@ -371,7 +372,7 @@ def _backup_component(
         written.remove(path)
         record.message = (
             f"{len(stats.unreadable)} file(s) could not be read (permission denied): "
-            + ", ".join(stats.unreadable[:10])
+            + ", ".join(shown(p) for p in stats.unreadable[:10])
         )
         log.warning("component %s failed: %s", spec.name, record.message)
         return record

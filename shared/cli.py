@@ -43,6 +43,7 @@ from shared.maintenance import (
     open_maintenance_store,
 )
 from shared.manifest import Manifest
+from shared.names import json_text
 from shared.progress import progress_for
 from shared.restore import restore_backup, verify_backup
 from shared.retention import prune as run_prune
@@ -89,7 +90,7 @@ def json_option(func: F) -> F:
 
 
 def emit(as_json: bool, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text)
+    click.echo(json_text(json.dumps(data, indent=2, ensure_ascii=False)) if as_json else text)
 
 
 def checked_path(_ctx: click.Context, param: click.Parameter, value: str | None
@@ -566,10 +567,14 @@ def restore(backup_id: str, to_dir: str | None, to_sources: bool, component: str
     )
     data = {"backupId": result.backup_id, "destination": str(result.destination),
             "components": result.components, "recovered": result.recovered}
-    emit(as_json, data, "\n".join(
-        [f"Recovered: {note}" for note in result.recovered]
-        + [f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> {c['path']}"
-           for c in result.components]))
+    lines = [f"Recovered: {note}" for note in result.recovered]
+    for c in result.components:
+        lines.append(f"Restored {c['name']}: {c['files']} files, {c['bytes']} bytes -> "
+                     f"{c['path']}")
+        warnings = c["warnings"]
+        assert isinstance(warnings, list)
+        lines += [f"  warning: {w}" for w in warnings]
+    emit(as_json, data, "\n".join(lines))
     return EXIT_OK
 
 

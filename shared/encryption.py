@@ -311,8 +311,14 @@ class _ChunkFile:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The bytes the manifest MAC covers: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes the manifest MAC covers: sorted keys, no spaces, UTF-8.
+
+    A lone surrogate (a name byte that is not UTF-8, :mod:`shared.names`) is encoded as
+    its three ``surrogatepass`` bytes; any other text encodes exactly as plain UTF-8, so
+    manifests written before such names were possible keep their MAC.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 def manifest_mac(data_key: bytes, body: dict[str, Any]) -> str:

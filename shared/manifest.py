@@ -23,6 +23,7 @@ from shared.encryption import (
 )
 from shared.errors import IntegrityError, PathError
 from shared.layout import StampLayout, backup_id_or_none, parse_timestamp
+from shared.names import json_text
 from shared.settings import is_safe_name
 from shared.share.base import check_path
 
@@ -166,7 +167,8 @@ class Manifest:
         body = self.body()
         self.mac = manifest_mac(data_key, body)
         self.raw = {**body, "mac": self.mac}
-        return (json.dumps({**body, "mac": self.mac}, indent=2, ensure_ascii=False) + "\n").encode()
+        text = json.dumps({**body, "mac": self.mac}, indent=2, ensure_ascii=False)
+        return (json_text(text) + "\n").encode()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shown by ``show --json`` (the manifest as stored)."""
@@ -282,8 +284,10 @@ def _check_values(value: Any, where: str, depth: int) -> None:
 
 
 def _check_text(text: str, where: str) -> None:
+    """Valid Unicode, or a file name's undecodable bytes as U+DC80..U+DCFF (the only lone
+    surrogates a writer produces: :mod:`shared.names`)."""
     try:
-        text.encode("utf-8")
+        text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise _Invalid(f"{where or '/'} holds text that is not valid Unicode") from None
 

@@ -278,7 +278,7 @@ def _stage_and_move(
         )
         result.components.append(
             {"name": record.name, "files": stats.files, "folders": stats.folders,
-             "bytes": stats.bytes, "skipped": stats.skipped,
+             "bytes": stats.bytes, "skipped": stats.skipped, "warnings": stats.warnings,
              "path": str(finals[record.name])}
         )
     # Everything authenticated: move into place, the moves recorded first so that a run

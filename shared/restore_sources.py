@@ -48,13 +48,13 @@ moved by a swap.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shared.archive import remove_tree
 from shared.backup import NullProgress, Progress
 from shared.catalog import find_backup
 from shared.errors import ConfigError, InfraBackupError, NotFoundError
@@ -150,11 +150,13 @@ def _join(*parts: str) -> str:
 
 
 def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str, *,
-              backup_id: str = "") -> list[str]:
+              backup_id: str = "", keep: frozenset[str] = frozenset()) -> list[str]:
     """Swap the staged folder ``staged`` into the source folder (module docstring, step 3),
     journaled (:mod:`shared.swap_journal`).
 
-    Returns the left-out entries that were kept. On success the record says
+    Entries named in ``keep`` (the restore could not write them: a name the target cannot
+    hold) stay as the source has them, as left-out entries do. Returns the left-out
+    entries that were kept. On success the record says
     ``committed`` and the replaced and staging areas are still there: :func:`clean_up_tree`
     removes them. Raises SourceError after undoing the steps done (the staging folder
     is then the caller's to remove); if the undo fails too, the record stays and the
@@ -174,7 +176,7 @@ def swap_tree(tree: Tree, spec: SourceSpec, staged: str, token: str, *,
             tree.rename(_join(staged, name), name)
         carry: list[str] = []
         made: list[str] = []
-        _plan_carry_back(tree, spec, aside, "", carry, made)
+        _plan_carry_back(tree, spec, aside, carry, made, keep)
         if carry:
             _advance(tree, journal, "carry", carry, made)
             for rel in made:
@@ -210,23 +212,28 @@ def _advance(tree: Tree, journal: Journal, phase: str, carry: list[str] | None =
     journal.phase, journal.carry, journal.made = after.phase, after.carry, after.made
 
 
-def _plan_carry_back(tree: Tree, spec: SourceSpec, aside: str, rel_dir: str,
-                     carry: list[str], made: list[str]) -> None:
-    """What include/exclude leave out of the component (never backed up) and so goes
-    back from the replaced folder: ``carry``; the folders to make for it: ``made``."""
-    for name, kind in tree.list(_join(aside, rel_dir)):
-        rel = rel_dir + name
-        if kind == "dir" and selected(spec, rel, True):
-            _plan_carry_back(tree, spec, aside, rel + "/", carry, made)
-            continue
-        left_out = kind == "other" or not selected(spec, rel, kind == "dir")
-        if left_out and not tree.exists(rel):
-            parts = rel.split("/")[:-1]
-            for depth in range(1, len(parts) + 1):
-                parent = "/".join(parts[:depth])
-                if parent not in made and not tree.exists(parent):
-                    made.append(parent)
-            carry.append(rel)
+def _plan_carry_back(tree: Tree, spec: SourceSpec, aside: str, carry: list[str],
+                     made: list[str], keep: frozenset[str]) -> None:
+    """What include/exclude leave out of the component (never backed up), and what the
+    restore could not write (``keep``), and so goes back from the replaced folder:
+    ``carry``; the folders to make for it: ``made``."""
+    # A stack, not recursion: a tree may be deeper than Python's recursion limit.
+    folders = [""]
+    while folders:
+        rel_dir = folders.pop()
+        for name, kind in tree.list(_join(aside, rel_dir)):
+            rel = rel_dir + name
+            if kind == "dir" and selected(spec, rel, True) and rel not in keep:
+                folders.append(rel + "/")
+                continue
+            left_out = kind == "other" or not selected(spec, rel, kind == "dir") or rel in keep
+            if left_out and not tree.exists(rel):
+                parts = rel.split("/")[:-1]
+                for depth in range(1, len(parts) + 1):
+                    parent = "/".join(parts[:depth])
+                    if parent not in made and not tree.exists(parent):
+                        made.append(parent)
+                carry.append(rel)
 
 
 # ---- the blob swap ----------------------------------------------------------------------
@@ -242,7 +249,8 @@ def _blob_selected(spec: SourceSpec, rel: str) -> bool:
 
 
 def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str, *,
-               backup_id: str = "", held: Held | None = None) -> list[str]:
+               backup_id: str = "", held: Held | None = None,
+               keep: frozenset[str] = frozenset()) -> list[str]:
     """Copy the staged blobs over the prefix (module docstring, step 3), journaled
     (:mod:`shared.swap_journal`); return the clean-up warnings.
 
@@ -250,7 +258,8 @@ def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str, *,
     caller's). On failure the steps done are undone, the copies and the record deleted
     and SourceError raised; if the undo fails too, the record stays and the next
     restore, backup or check undoes the swap. ``held``: the source's lock, checked
-    before every step (a lease that could not be renewed stops the swap).
+    before every step (a lease that could not be renewed stops the swap). Blobs named in
+    ``keep`` (the restore could not stage them) are left as they are.
     """
     spec = source.spec
     site = BlobSite(source)
@@ -277,8 +286,9 @@ def swap_blobs(source: BlobSource, new: list[str], staging: str, token: str, *,
         for name in new:
             held.check()
             source.copy(staging + name, name)
+        new_set = set(new)
         for name in old:
-            if name not in set(new):
+            if name not in new_set and name not in keep:
                 held.check()
                 source.delete(name)
         _advance_blobs(site, journal, "committed")
@@ -469,6 +479,20 @@ def _quietly(fn: Callable[[], None]) -> list[str]:
     return []
 
 
+def _warnings(info: dict[str, object]) -> list[str]:
+    """The entries the extraction skipped, each named with its reason."""
+    warnings = info.get("warnings", [])
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+
+def _skipped(info: dict[str, object]) -> frozenset[str]:
+    """The entries the extraction could not write: the source keeps its own of them."""
+    skipped = info.get("skipped", [])
+    if not isinstance(skipped, list):
+        return frozenset()
+    return frozenset(str(s).strip("/") for s in skipped)
+
+
 def _stage(
     share: Share, manifest: Manifest, data_key: bytes, record: ComponentRecord,
     target: _Target, token: str, local: Path | None, progress: Progress,
@@ -492,8 +516,9 @@ def _stage(
         return _Staged(
             record, spec,
             SourceRestore(name, spec.type, target.description, int(str(info["files"])),
-                          int(str(info["bytes"]))),
-            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token, backup_id=backup_id),
+                          int(str(info["bytes"])), warnings=_warnings(info)),
+            swap=lambda: swap_tree(tree, spec, f"{staging}/{name}", token, backup_id=backup_id,
+                                   keep=_skipped(info)),
             discard=lambda: clean_up_tree(tree, staging, aside),
         )
     assert local is not None
@@ -502,20 +527,22 @@ def _stage(
     info = restored.components[0]
     folder = local / name
     result = SourceRestore(name, spec.type, target.description, int(str(info["files"])),
-                           int(str(info["bytes"])))
+                           int(str(info["bytes"])), warnings=_warnings(info))
     if target.tree is not None:
         smb_tree = target.tree
         assert isinstance(smb_tree, SmbTree)
         try:
-            smb_tree.source.put_tree(folder, staging)
+            refused = smb_tree.source.put_tree(folder, staging)
         except BaseException:
             _quietly(lambda: smb_tree.remove_tree(staging))
             raise
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder, ignore_errors=True)
+        result.warnings += [why for _, why in refused]
+        keep = _skipped(info) | {path for path, _ in refused}
         return _Staged(record, spec, result,
                        swap=lambda: swap_tree(smb_tree, spec, staging, token,
-                                              backup_id=backup_id),
+                                              backup_id=backup_id, keep=keep),
                        discard=lambda: clean_up_tree(smb_tree, staging, aside))
     blob = target.blob
     assert blob is not None
@@ -535,7 +562,7 @@ def _stage(
         _delete_all(blob, [f"{staging}/{n}" for n in new])
         raise
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder, ignore_errors=True)
 
     def discard() -> None:
         warnings = _delete_all(blob, [f"{staging}/{n}" for n in new])
@@ -544,7 +571,7 @@ def _stage(
 
     def swap() -> list[str]:
         result.warnings += swap_blobs(blob, new, f"{staging}/", token, backup_id=backup_id,
-                                      held=target.held)
+                                      held=target.held, keep=_skipped(info))
         return []
 
     return _Staged(record, spec, result, swap=swap, discard=discard)

@@ -50,7 +50,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
 
 from shared.settings import Settings, SourceSpec
-from shared.sources import SourceEntry, SourceError, is_reserved, selected
+from shared.sources import SourceEntry, SourceError, is_reserved, selected, walk
 
 T = TypeVar("T")
 
@@ -89,9 +89,10 @@ class BlobSource:
     def entries(self) -> Iterator[SourceEntry]:
         """Virtual folders and blobs under the prefix, sorted by name per folder."""
         self.guard("reading", self.container.get_container_properties)
-        yield from self._walk("", time.time())
+        now = time.time()
+        yield from walk(lambda rel_dir: self._folder(rel_dir, now))
 
-    def _walk(self, rel_dir: str, now: float) -> Iterator[SourceEntry]:
+    def _folder(self, rel_dir: str, now: float) -> Iterator[SourceEntry]:
         start = self.prefix + rel_dir
         items = self.guard(
             f"listing {start or '/'}",
@@ -111,7 +112,6 @@ class BlobSource:
             elif not is_blob:
                 if selected(self.spec, rel, True):
                     yield SourceEntry(rel, "dir", DIR_MODE, now)
-                    yield from self._walk(rel + "/", now)
             elif isinstance(item, BlobProperties) and selected(self.spec, rel, False):
                 yield SourceEntry(rel, "file", FILE_MODE, item.last_modified.timestamp(),
                                   int(item.size))

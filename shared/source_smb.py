@@ -22,6 +22,7 @@ folders 0755.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import functools
@@ -40,6 +41,7 @@ from shared.errors import (
     InfraBackupError,
     PathError,
 )
+from shared.names import shown
 from shared.settings import Secret, Settings, SourceSpec, UncPath, parse_unc
 from shared.share.smb import (
     STATUS_ACCESS_DENIED,
@@ -50,7 +52,14 @@ from shared.share.smb import (
     status_hex,
 )
 from shared.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
-from shared.sources import SourceEntry, SourceError, is_reserved, selected
+from shared.sources import (
+    DirectorySource,
+    SourceEntry,
+    SourceError,
+    is_reserved,
+    selected,
+    walk,
+)
 
 T = TypeVar("T")
 
@@ -100,11 +109,12 @@ class SmbSource:
                     + ("does not exist." if root is None else "is not a folder.")
                     + " Check the source's path in BACKUP_SOURCES."
                 )
-            yield from self._walk("", "")
+            yield from walk(self._folder)
         finally:
             self.share.close()
 
-    def _walk(self, rel_dir: str, prefix: str) -> Iterator[SourceEntry]:
+    def _folder(self, prefix: str) -> Iterator[SourceEntry]:
+        rel_dir = prefix[:-1]  # without its trailing "/"
         try:
             items = self.guard("listing " + (rel_dir or "/"),
                                lambda: self.share.list_dir(self.path(rel_dir)))
@@ -120,7 +130,6 @@ class SmbSource:
             if item.is_dir:
                 if selected(self.spec, rel, True):
                     yield SourceEntry(rel, "dir", DIR_MODE, mtime)
-                    yield from self._walk(rel, rel + "/")
             elif selected(self.spec, rel, False):
                 yield SourceEntry(rel, "file", FILE_MODE, mtime, item.size)
 
@@ -213,28 +222,59 @@ class SmbSource:
     def remove_tree(self, rel: str) -> None:
         self.guard(f"removing {rel}", lambda: self.share.remove_tree(self.path(rel)))
 
-    def put_tree(self, local: Path, rel: str) -> None:
-        """Upload the local folder ``local`` (files, folders, times) to ``rel``.
+    def put_tree(self, local: Path, rel: str) -> builtins.list[tuple[str, str]]:
+        """Upload the local folder ``local`` (files, folders, times) to ``rel``; return
+        ``(path, warning)`` for each entry not uploaded.
 
-        Symbolic links cannot be created over SMB and are not uploaded (an SMB source
-        never has any in its backups: servers present links as their targets).
+        A name an SMB server cannot hold (:func:`smb_name_problem`) is not uploaded, nor
+        what is under it, and neither is a name the server refuses (0xC0000033 and kin):
+        a warning names the entry and says why, and everything else is uploaded. No name
+        is ever changed into another. Symbolic links cannot be created over SMB and are
+        not uploaded (an SMB source never has any in its backups: servers present links
+        as their targets).
         """
-
         self.make_dirs(rel)
-        times: list[tuple[str, float]] = []
-        for item in sorted(local.rglob("*")):
-            sub = "/".join((rel, *item.relative_to(local).parts))
-            st = item.lstat()
-            if stat.S_ISDIR(st.st_mode):
-                self.make_dirs(sub)
-                times.append((sub, st.st_mtime))
-            elif stat.S_ISREG(st.st_mode):
-                self._upload(item, sub)
-                times.append((sub, st.st_mtime))
-        # Times last, deepest first: writing into a folder changes its time.
-        for sub, mtime in reversed(times):
+        folder_times: builtins.list[tuple[str, float]] = []
+        refusals: builtins.list[tuple[str, str]] = []
+        refused: str | None = None  # a folder not uploaded: nothing under it is either
+        staged = DirectorySource(SourceSpec(name="restore", type="directory", path=str(local)))
+        for entry in staged.entries():
+            if refused is not None and entry.path.startswith(refused + "/"):
+                continue
+            if entry.kind not in ("dir", "file"):
+                continue
+            problem = smb_name_problem(entry.path.rpartition("/")[2])
+            sub = f"{rel}/{entry.path}"
+            try:
+                if problem is None:
+                    if entry.kind == "dir":
+                        self._make_dir(sub)
+                        folder_times.append((sub, entry.mtime))
+                    else:
+                        self._upload(local / entry.path, sub)
+                        with contextlib.suppress(SourceError):
+                            self._set_time(sub, entry.mtime)
+                    continue
+            except SourceError as exc:
+                if exc.status not in _NAME_REFUSED:
+                    raise
+                problem = f"the server refused the name ({exc.status})"
+            what = "folder (and what is in it)" if entry.kind == "dir" else "file"
+            refusals.append((entry.path, f"{shown(entry.path)}: {what} not restored, {problem}."))
+            if entry.kind == "dir":
+                refused = entry.path
+        # Folder times last, deepest first: writing into a folder changes its time.
+        for sub, mtime in reversed(folder_times):
             with contextlib.suppress(SourceError):
                 self._set_time(sub, mtime)
+        return refusals
+
+    def _make_dir(self, rel: str) -> None:
+        """Create the folder ``rel``, whose parent exists (one request, not one per level)."""
+        unc = self.share._unc(self.path(rel))
+        what = f"creating {rel}"
+        self.guard(what, lambda: self.share._call(
+            what, functools.partial(self.share._mkdir, unc), retry=True))
 
     def _upload(self, local: Path, rel: str) -> None:
         self.guard(f"writing {rel}",
@@ -250,6 +290,37 @@ class SmbSource:
 
         what = f"setting the time of {rel}"
         self.guard(what, lambda: self.share._call(what, utime, retry=True))
+
+
+#: What SMB names cannot hold (MS-FSCC 2.1.5.2), besides control characters.
+_SMB_FORBIDDEN = frozenset('\\/:*?"<>|')
+#: Servers' answers that refuse one name (not the share): that entry is skipped.
+_NAME_REFUSED = frozenset(status_hex(s) for s in (
+    0xC0000033,  # OBJECT_NAME_INVALID
+    0xC0000039,  # OBJECT_PATH_INVALID
+    0xC000003B,  # OBJECT_PATH_SYNTAX_BAD
+    0xC0000106,  # NAME_TOO_LONG
+))
+
+
+def smb_name_problem(name: str) -> str | None:
+    """Why an SMB server cannot hold ``name`` (one file or folder name), or None.
+
+    Refused: the characters ``\\ / : * ? " < > |`` and control characters (MS-FSCC);
+    a trailing space or dot (Windows servers drop it, so the name would silently become
+    another); bytes that are not UTF-8 (SMB names are Unicode); more than 255 UTF-16
+    code units.
+    """
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "its bytes are not UTF-8 and SMB names are Unicode"
+    bad = sorted({c for c in name if c in _SMB_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"SMB names cannot hold {', '.join(shown(repr(c)) for c in bad)}"
+    if name.endswith((" ", ".")):
+        return "SMB servers drop a trailing space or dot, which would make it another name"
+    if len(name.encode("utf-16-le")) > 510:
+        return "SMB names are at most 255 UTF-16 code units"
+    return None
 
 
 def _file_chunks(path: Path, size: int = 4 * 1024 * 1024) -> Iterator[bytes]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -138,11 +138,11 @@ class DirectorySource:
             raise SourceError(
                 f"source {self.spec.name}: cannot list {self.root} ({exc.strerror})."
             ) from None
-        yield from self._walk(self.root, "")
+        yield from walk(self._folder)
 
-    def _walk(self, folder: Path, prefix: str) -> Iterator[SourceEntry]:
+    def _folder(self, prefix: str) -> Iterator[SourceEntry]:
         try:
-            with os.scandir(folder) as it:
+            with os.scandir(self.root / prefix if prefix else self.root) as it:
                 items = sorted(it, key=lambda e: e.name)
         except FileNotFoundError:
             return  # vanished while we walked: nothing of it to back up
@@ -161,7 +161,6 @@ class DirectorySource:
             elif stat.S_ISDIR(st.st_mode):
                 if selected(self.spec, rel, True):
                     yield SourceEntry(rel, "dir", st.st_mode, st.st_mtime)
-                    yield from self._walk(Path(item.path), rel + "/")
             elif stat.S_ISREG(st.st_mode):
                 if selected(self.spec, rel, False):
                     yield SourceEntry(rel, "file", st.st_mode, st.st_mtime, st.st_size)
@@ -171,6 +170,24 @@ class DirectorySource:
 
     def open(self, entry: SourceEntry) -> BinaryIO:
         return open(self.root / entry.path, "rb")
+
+
+def walk(folder: Callable[[str], Iterable[SourceEntry]]) -> Iterator[SourceEntry]:
+    """Every entry of a tree, depth first: each folder's entries right after the folder.
+
+    ``folder(prefix)`` lists the entries directly in the folder ``prefix`` (``""`` for
+    the top, else a folder's path and ``/``); each ``dir`` entry it yields is walked in
+    turn. A stack, not recursion: a tree may be deeper than Python's recursion limit.
+    """
+    stack: list[Iterator[SourceEntry]] = [iter(folder(""))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        yield entry
+        if entry.kind == "dir":
+            stack.append(iter(folder(entry.path + "/")))
 
 
 def open_source(spec: SourceSpec, settings: Settings | None = None) -> Source:

@@ -28,12 +28,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from shared.archive import remove_tree
 
 log = logging.getLogger("infrabackup.staging")
 
@@ -97,7 +98,7 @@ class HeldFolder:
     def remove(self) -> None:
         """Delete the folder and everything in it, then release it. Never raises."""
         with contextlib.suppress(OSError):
-            shutil.rmtree(self.path)
+            remove_tree(self.path)
         self.release()
 
     def release(self) -> None:
@@ -210,7 +211,7 @@ def _claim_and_remove(path: Path) -> str | None:
             return None
         moved_back = _move_back(path)
         try:
-            shutil.rmtree(path)
+            remove_tree(path)
         except OSError as exc:
             return (f"could not remove {path}, the staging folder of an interrupted restore "
                     f"(it holds decrypted data): {exc.strerror}; remove it by hand.")

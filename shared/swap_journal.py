@@ -49,7 +49,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import socket
 import stat
 import threading
@@ -61,6 +60,7 @@ from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
+from shared.archive import remove_tree
 from shared.errors import InfraBackupError, LockHeldError, SourceBusyError
 from shared.settings import Settings, SourceSpec
 from shared.share.base import lock_info
@@ -288,7 +288,7 @@ class LocalTree:
     def remove_tree(self, rel: str) -> None:
         path = self._path(rel)
         if path.is_dir() and not path.is_symlink():
-            self._guard(f"removing {rel}", lambda: shutil.rmtree(path))
+            self._guard(f"removing {rel}", lambda: remove_tree(path))
         elif os.path.lexists(path):
             self._guard(f"removing {rel}", lambda: path.unlink())
 

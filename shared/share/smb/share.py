@@ -259,12 +259,12 @@ class SmbShare(SmbSession):
         """Remove the folder ``path`` and everything in it; nothing to do when it is gone.
 
         Each folder listing and each removal is its own request with its own deadline, so
-        a large tree never times out while it makes progress.
+        a large tree never times out while it makes progress. A stack, not recursion: a
+        tree may be deeper than Python's recursion limit.
         """
         check_path(path)
-        unc = self._unc(path)
 
-        def scan() -> list[tuple[str, bool]] | None:
+        def scan(unc: str) -> list[tuple[str, bool]] | None:
             try:
                 with smbclient.scandir(unc, **self._kwargs()) as entries:
                     return [(e.name, e.is_dir()) for e in entries]
@@ -273,16 +273,25 @@ class SmbShare(SmbSession):
                     return None
                 raise
 
-        children = self._call(f"listing {path}", scan, retry=True)
-        if children is None:
-            return
-        for name, is_dir in children:
-            child = f"{path}/{name}"
-            if is_dir:
-                self.remove_tree(child)
-            else:
-                self.remove(child)
-        self._call(f"removing {path}", lambda: self._remove_dir(unc), retry=True)
+        folders = [(path, False)]  # (folder, its contents are gone)
+        while folders:
+            folder, emptied = folders.pop()
+            unc = self._unc(folder)
+            if emptied:
+                self._call(f"removing {folder}", functools.partial(self._remove_dir, unc),
+                           retry=True)
+                continue
+            children = self._call(f"listing {folder}", functools.partial(scan, unc),
+                                  retry=True)
+            if children is None:
+                continue
+            folders.append((folder, True))
+            for name, is_dir in children:
+                child = f"{folder}/{name}"
+                if is_dir:
+                    folders.append((child, False))
+                else:
+                    self.remove(child)
 
     def make_dirs(self, path: str) -> None:
         """Create ``path`` and its missing parents under the share folder (which must exist)."""
