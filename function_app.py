@@ -1,19 +1,27 @@
-"""Azure Functions entry point: wires triggers to the ``shared`` package, nothing more.
+"""Azure Functions entry point: wires triggers to the ``infrabackup`` package, nothing more.
 
 Every HTTP route is at function-key level (docs/API.md). Backups run in the queue
 worker, never in an HTTP request: the timer and ``POST /api/backups`` only queue them.
 """
 
+import sys
+from pathlib import Path
+
+# Nothing of the repository is pip-installed in the app: the package is the folder
+# shared/infrabackup, imported as infrabackup (never as shared.infrabackup).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
+
 import azure.functions as func
 
-from shared import api, heartbeat, openapi, worker
-from shared.allocator import tune_allocator
-from shared.app_logging import quiet_sdk_logging
-from shared.app_services import AppServices, configure_app_telemetry
-from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
+from infrabackup.allocator import tune_allocator
+from infrabackup.app import heartbeat, openapi, worker
+from infrabackup.app import routes as api
+from infrabackup.app.app_logging import quiet_sdk_logging
+from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
+from infrabackup.services import AppServices, configure_app_telemetry
 
-tune_allocator()  # once per worker process; why: shared/allocator.py
-quiet_sdk_logging()  # the worker logs at INFO; why: shared/app_logging.py
+tune_allocator()  # once per worker process; why: shared/infrabackup/allocator.py
+quiet_sdk_logging()  # the worker logs at INFO; why: shared/infrabackup/app/app_logging.py
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 telemetry = configure_app_telemetry()
 FUNCTION = func.AuthLevel.FUNCTION

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.keys import generate_certificate  # noqa: E402
+from infrabackup.keys.wrap import generate_certificate  # noqa: E402
 from tests.servers.samba import PASSWORD, USERNAME, SambaServer  # noqa: E402
 
 MIB = 1024 * 1024
@@ -212,7 +212,7 @@ def run_all(work: Path, server: SambaServer, args: argparse.Namespace, big_dir: 
     smb = ["smbclient", "//127.0.0.1/bench", "-p", str(server.port),
            "-U", f"{USERNAME}%{PASSWORD}",
            "--client-protection=" + ("encrypt" if args.encrypt else "sign")]
-    cli = [sys.executable, "-m", "shared"]
+    cli = [sys.executable, "-m", "infrabackup"]
     results: list[Result] = []
     datasets = [("1 file", big_dir, big_size)]
     if args.files:

@@ -30,7 +30,7 @@ from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 #: How the command is started: the installed package's ``python -m`` entry point.
-CLI = [sys.executable, "-m", "shared"]
+CLI = [sys.executable, "-m", "infrabackup"]
 
 
 def cli(*args: str) -> list[str]:

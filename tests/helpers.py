@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.backup import BackupContext, run_backup, stamp_layout
-from shared.key_provider import decryption_keyring, encryption_wrapper
-from shared.keys import GeneratedCertificate, generate_certificate
-from shared.layout import StampLayout
-from shared.manifest import Manifest
-from shared.settings import Settings, load_settings
-from shared.share import LocalShare, Share
+from infrabackup.backup import BackupContext, run_backup, stamp_layout
+from infrabackup.keys.provider import decryption_keyring, encryption_wrapper
+from infrabackup.keys.wrap import GeneratedCertificate, generate_certificate
+from infrabackup.layout import StampLayout
+from infrabackup.manifest import Manifest
+from infrabackup.settings import Settings, load_settings
+from infrabackup.share import LocalShare, Share
 
 
 @dataclass
@@ -150,7 +150,7 @@ def run_command(*args: str) -> tuple[int, Any]:
     import contextlib
     import io
 
-    from shared.cli import main
+    from infrabackup.cli import main
 
     out = io.StringIO()
     code: Any = 0

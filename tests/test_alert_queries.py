@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shared.alerts import NO_SUCCESSFUL_BACKUP, Alert
-from shared.telemetry import (
+from infrabackup.alerts import NO_SUCCESSFUL_BACKUP, Alert
+from infrabackup.telemetry import (
     ALERT_EVENT,
     ALERT_PROPERTIES,
     HEARTBEAT_EVENT,
@@ -181,7 +181,7 @@ def test_the_schema_knows_the_application_insights_columns(
 
 
 def test_the_queries_read_only_the_telemetry_contract() -> None:
-    """Event and property names in every query are those shared/telemetry.py sends."""
+    """Event and property names in every query are those shared/infrabackup/telemetry.py sends."""
     contract = set(ALERT_PROPERTIES) | set(SUCCESS_PROPERTIES) | set(HEARTBEAT_PROPERTIES)
     contract |= {"result", "alert"}  # the metrics' own attributes (docs/TELEMETRY.md)
     texts = [*alert_queries().values(), *workbook_queries().values()]

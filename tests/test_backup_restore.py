@@ -10,9 +10,8 @@ from typing import BinaryIO
 
 import pytest
 
-from shared.archive import extract_stream
-from shared.catalog import list_backups
-from shared.errors import (
+from infrabackup.catalog import list_backups
+from infrabackup.errors import (
     ConfigError,
     GeneralFault,
     IntegrityError,
@@ -20,11 +19,12 @@ from shared.errors import (
     LockHeldError,
     RefusedError,
 )
-from shared.keys import generate_legacy_key
-from shared.restore import restore_backup, verify_backup
-from shared.settings import SourceSpec
-from shared.share import LocalShare
-from shared.sources import DirectorySource, SourceEntry
+from infrabackup.keys.wrap import generate_legacy_key
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.settings import SourceSpec
+from infrabackup.share import LocalShare
+from infrabackup.sources import DirectorySource, SourceEntry
+from infrabackup.stream.archive import extract_stream
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, tree, write_random
 
 
@@ -144,7 +144,7 @@ def test_both_stream_formats_verify_and_restore_and_a_flipped_byte_fails_the_dig
     stamp: Stamp, tmp_path: Path, stream_format: int, digest: str
 ) -> None:
     """Format 2 (written now) records BLAKE3; format 1 (written before) SHA-256: both read."""
-    from shared.backup import BackupOptions
+    from infrabackup.backup import BackupOptions
 
     write_random(stamp.source_dir("ACS") / "a.bin", 2 * 1024 * 1024 + 99)
     (stamp.source_dir("Switches") / "s.txt").write_text("x")

@@ -16,23 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from shared.alerts import Alert
-from shared.backup import stamp_layout
-from shared.backup_job import JobDependencies, run_backup_job
-from shared.catalog import list_backups
-from shared.errors import (
+from infrabackup.alerts import Alert
+from infrabackup.backup import stamp_layout
+from infrabackup.catalog import list_backups
+from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
     ConnectivityError,
     InfraBackupError,
     PathError,
 )
-from shared.key_provider import decryption_keyring
-from shared.manifest import Manifest
-from shared.restore import restore_backup, verify_backup
-from shared.retention import prune
-from shared.settings import Settings, load_settings
-from shared.share import open_share
+from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
+from infrabackup.keys.provider import decryption_keyring
+from infrabackup.manifest import Manifest
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.retention import prune
+from infrabackup.settings import Settings, load_settings
+from infrabackup.share import open_share
 from tests.helpers import Keys, make_keys, tree, write_random
 from tests.servers.samba import (  # noqa: F401 - fixtures
     SambaServer,

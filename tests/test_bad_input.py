@@ -15,13 +15,19 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
 import function_app
-from shared.errors import ConfigError
-from shared.inputs import JsonInputError, ascii_decimal, ascii_int, load_json, path_problem
-from shared.layout import LOCK_FILE, MASBACKUP, backup_id_or_none, parse_backup_id, parse_timestamp
-from shared.maintenance import MAINTENANCE_FILE
-from shared.ncrontab import parse_schedule
-from shared.settings import is_safe_name, load_settings
-from shared.versions import parse_version
+from infrabackup.errors import ConfigError
+from infrabackup.inputs import JsonInputError, ascii_decimal, ascii_int, load_json, path_problem
+from infrabackup.jobs.maintenance import MAINTENANCE_FILE
+from infrabackup.layout import (
+    LOCK_FILE,
+    MASBACKUP,
+    backup_id_or_none,
+    parse_backup_id,
+    parse_timestamp,
+)
+from infrabackup.ncrontab import parse_schedule
+from infrabackup.settings import is_safe_name, load_settings
+from infrabackup.versions import parse_version
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_cli import run
@@ -196,7 +202,7 @@ def test_an_invalid_ncrontab_is_refused_naming_the_setting(schedule: str) -> Non
 
 
 def test_the_ncrontab_parser_still_lives_in_the_scheduler() -> None:
-    from shared import scheduler
+    from infrabackup.app import scheduler
 
     assert scheduler.parse_schedule is parse_schedule
     assert scheduler.next_run is not None and scheduler.Schedule is not None
@@ -367,7 +373,7 @@ def _nested_message(stamp_key: str, backup_id: str) -> bytes:
 @pytest.mark.parametrize("trigger", ["run_backup_job", "fail_poisoned_job"])
 def test_a_nested_queue_message_ends_as_a_failed_record(stamp: Stamp, trigger: str  # noqa: F811
                                                         ) -> None:
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     backup_id = post_backup().json["backupId"]
     body = _nested_message(AppServices().stamp, backup_id)
@@ -409,10 +415,10 @@ def test_a_malformed_message_naming_a_finished_job_leaves_its_record_alone(
 @pytest.mark.parametrize("content", [b"[" * 5000, b"\xff\xfe", b"[]", b"x" * 100_000])
 def test_a_damaged_maintenance_or_lock_file_is_read_as_damaged_not_a_traceback(
         tmp_path: Path, content: bytes) -> None:
-    from shared.layout import StampLayout
-    from shared.maintenance import ShareMaintenanceStore
-    from shared.share import LocalShare
-    from shared.share.base import held_message, join
+    from infrabackup.jobs.maintenance import ShareMaintenanceStore
+    from infrabackup.layout import StampLayout
+    from infrabackup.share import LocalShare
+    from infrabackup.share.base import held_message, join
 
     share, layout = LocalShare(tmp_path), StampLayout("contoso.com", "nyc")
     share.make_dirs(layout.region_root)

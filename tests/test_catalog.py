@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from shared.catalog import UNREADABLE, find_backup, list_backups
-from shared.errors import IntegrityError
-from shared.manifest import Manifest
-from shared.restore import restore_backup, verify_backup
-from shared.retention import apply_prune, plan_prune
+from infrabackup.catalog import UNREADABLE, find_backup, list_backups
+from infrabackup.errors import IntegrityError
+from infrabackup.manifest import Manifest
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.retention import apply_prune, plan_prune
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.settings import Settings
+from infrabackup.settings import Settings
 from tests.servers.samba import PASSWORD, SambaSet, free_port, samba  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ STAMP = {"BACKUP_EXTERNAL_DOMAIN": "contoso.com", "BACKUP_REGION": "nyc"}
 
 def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
-    proc = subprocess.run([sys.executable, "-m", "shared", "check", "--json"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "infrabackup", "check", "--json"], cwd=REPO,
                           env={**base, **STAMP, **env}, capture_output=True, text=True,
                           timeout=120, check=False)
     assert PASSWORD not in proc.stdout + proc.stderr

@@ -42,7 +42,7 @@ def run(args: list[str], env: dict[str, str] | None = None, *, fsize: int | None
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))  # type: ignore[arg-type]
 
     proc = subprocess.run(
-        [sys.executable, "-m", "shared", *args], cwd=REPO, env={**base, **(env or {})},
+        [sys.executable, "-m", "infrabackup", *args], cwd=REPO, env={**base, **(env or {})},
         capture_output=True, text=True, timeout=300, preexec_fn=limit if fsize else None,
     )
     assert SHARE_PASSWORD not in proc.stdout + proc.stderr

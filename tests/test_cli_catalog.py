@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shared.keys import generate_legacy_key, legacy_key_id
+from infrabackup.keys.wrap import generate_legacy_key, legacy_key_id
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
 from tests.test_catalog import _folder, _set, manifest_path
 from tests.test_cli import run, run_json

@@ -33,12 +33,12 @@ import pytest
 from azure.storage.queue import QueueClient
 
 import function_app
-from shared.app_services import AppServices
-from shared.catalog import list_backups
-from shared.job_store import FINISHED
-from shared.key_provider import decryption_keyring
-from shared.restore import restore_backup, verify_backup
-from shared.share import Share, open_share
+from infrabackup.catalog import list_backups
+from infrabackup.jobs.job_store import FINISHED
+from infrabackup.keys.provider import decryption_keyring
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.services import AppServices
+from infrabackup.share import Share, open_share
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Stamp, tree, write_random
 from tests.helpers import run_command as command
@@ -141,7 +141,8 @@ class Checker:
 def startup_seconds(env: dict[str, str]) -> float:
     """How long the interpreter takes to import the command (no kill is worth placing
     before it: nothing is written yet)."""
-    return timed_run([sys.executable, "-c", "import shared.cli, shared.worker"], env).elapsed
+    return timed_run([sys.executable, "-c", "import infrabackup.cli, infrabackup.app.worker"],
+                     env).elapsed
 
 
 def file_points(checker: Checker, before: set[Path]) -> list[tuple[str, Callable[[], bool]]]:
@@ -243,8 +244,8 @@ def test_a_cli_backup_killed_anywhere_leaves_old_or_new_and_the_next_run_cleans_
 
 _WORKER = r"""
 import sys
-from shared import worker
-from shared.app_services import AppServices
+from infrabackup.app import worker
+from infrabackup.services import AppServices
 worker.process_message(AppServices(), sys.argv[1].encode(), message_id=sys.argv[2],
                        dequeue_count=1)
 """

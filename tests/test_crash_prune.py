@@ -2,7 +2,7 @@
 
 Given a share with many backups past the retention period — backup- and region-scoped
 components, the newest ones PartialSucceeded (a source failing), and a failed run's
-leftovers — ``python -m shared prune`` runs as a process of its own and is killed
+leftovers — ``python -m infrabackup prune`` runs as a process of its own and is killed
 (SIGKILL to its process group) at a moment chosen by polling the share (after the k-th
 file it deleted, for many k) or by time (spread over a measured run). After every kill:
 
@@ -32,15 +32,15 @@ from typing import Any
 
 import pytest
 
-from shared.backup import utcnow
-from shared.catalog import list_backups
-from shared.key_provider import decryption_keyring
-from shared.layout import format_timestamp
-from shared.restore import restore_backup, verify_backup
-from shared.retention import plan_prune
-from shared.retention import prune as run_prune
-from shared.settings import load_settings
-from shared.share import LocalShare, Share
+from infrabackup.backup import utcnow
+from infrabackup.catalog import list_backups
+from infrabackup.keys.provider import decryption_keyring
+from infrabackup.layout import format_timestamp
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.retention import plan_prune
+from infrabackup.retention import prune as run_prune
+from infrabackup.settings import load_settings
+from infrabackup.share import LocalShare, Share
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, tree
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD

@@ -31,12 +31,12 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from shared.errors import SourceBusyError
-from shared.restore import restore_backup
-from shared.restore_sources import restore_to_sources
-from shared.sources import InterruptedSwapError
-from shared.staging import sweep
-from shared.swap_journal import recover_source, recover_sources
+from infrabackup.errors import SourceBusyError
+from infrabackup.restore import restore_backup
+from infrabackup.restore_sources import restore_to_sources
+from infrabackup.sources import InterruptedSwapError
+from infrabackup.staging import sweep
+from infrabackup.swap_journal import recover_source, recover_sources
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Keys, Stamp, make_keys, stamp_with_sources, write_random
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from shared.encryption import (
+from infrabackup.errors import IntegrityError
+from infrabackup.stream.encryption import (
     HEADER_BYTES,
     TAG_BYTES,
     canonical_json,
@@ -16,7 +17,6 @@ from shared.encryption import (
     manifest_mac,
     new_data_key,
 )
-from shared.errors import IntegrityError
 
 SEG = 4096
 

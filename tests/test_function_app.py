@@ -34,9 +34,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 import function_app
-from shared import worker
-from shared.settings import ALL_SETTINGS, SECRET_SETTINGS, load_settings
-from shared.storage import QUEUE_NAME, TABLE_NAME
+from infrabackup.app import worker
+from infrabackup.jobs.storage import QUEUE_NAME, TABLE_NAME
+from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, load_settings
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
 from tests.servers.azurite import ACCOUNT_KEY, azurite, azurite_server  # noqa: F401
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
@@ -482,7 +482,7 @@ def test_the_cli_sees_the_apps_job_records_and_maintenance_window(
 def run_cli(args: list[str], env: dict[str, str], code: int = 0) -> Any:
     base = {k: v for k, v in os.environ.items()
             if k not in ALL_SETTINGS and not k.startswith("BACKUP_")}
-    proc = subprocess.run([sys.executable, "-m", "shared", *args, "--json"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "infrabackup", *args, "--json"], cwd=REPO,
                           env={**base, **env}, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == code, proc.stderr
@@ -522,9 +522,9 @@ def test_two_posts_at_once_one_202_one_409(stamp: Stamp, queue: QueueClient) -> 
 _CRASHING_WORKER = r"""
 import sys, time
 from pathlib import Path
-from shared import worker
-from shared.app_services import AppServices
-from shared.share import open_share
+from infrabackup.app import worker
+from infrabackup.services import AppServices
+from infrabackup.share import open_share
 
 ready = Path(sys.argv[2])
 
@@ -611,15 +611,15 @@ def test_a_redelivered_message_of_a_finished_job_changes_nothing(
 
 def test_an_interrupted_run_that_wrote_its_manifest_is_completed_not_run_again(
         stamp: Stamp, queue: QueueClient) -> None:
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     backup_id = post_backup().json["backupId"]
     [message] = take_messages(queue)
     # The first run finished the backup but died before it recorded the result.
     services = AppServices()
     services.jobs.update(backup_id, status="Running", startedUtc="2026-01-01T00:00:00+00:00")
-    from shared.backup import BackupContext, run_backup
-    from shared.key_provider import encryption_wrapper
+    from infrabackup.backup import BackupContext, run_backup
+    from infrabackup.keys.provider import encryption_wrapper
 
     settings = stamp.settings
     run_backup(BackupContext(settings, stamp.share,
@@ -639,7 +639,7 @@ def test_a_message_that_is_not_a_job_ends_as_a_failed_record(stamp: Stamp) -> No
     assert record["alert"]["name"]
 
     # A message of another version that names its job: the failure goes to that job.
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     backup_id = str(uuid.uuid4())
     body = json.dumps({"version": 99, "backupId": backup_id, "stamp": AppServices().stamp})
@@ -782,7 +782,7 @@ def test_a_second_post_while_one_is_queued_or_running_is_409(stamp: Stamp,
                                                              queue: QueueClient) -> None:
     first = post_backup().json["backupId"]
     assert first in post_backup().error(409, "Refused")
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     AppServices().jobs.update(first, status="Running")
     assert "Running" in post_backup().error(409, "Refused")
@@ -830,7 +830,7 @@ def test_an_unreachable_job_store_answers_502_naming_the_setting(
 
 def test_a_claim_left_behind_by_a_crash_does_not_block_the_stamp(
         stamp: Stamp, queue: QueueClient, azurite: str) -> None:  # noqa: F811
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     services = AppServices()
     table = services.table

@@ -2,7 +2,7 @@
 
 Given a stamp whose app settings point at Azurite (job records, maintenance window, queue)
 and a local-folder share, when the timer's body (``function_app.scheduled_backup`` runs
-:func:`shared.heartbeat.run_tick`) ticks, then Azure Monitor (the local ingestion
+:func:`infrabackup.app.heartbeat.run_tick`) ticks, then Azure Monitor (the local ingestion
 endpoint) receives one ``InfrastructureBackupHeartbeat`` with exactly the documented
 properties: what the tick did, when it is due next, the scheduler, the maintenance
 window, the threshold and the job record's newest results — also when the tick fails.
@@ -26,15 +26,16 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-from shared import api, worker
-from shared.alerts import NO_SUCCESSFUL_BACKUP, Alert
-from shared.app_services import AppServices
-from shared.errors import ConfigError
-from shared.heartbeat import run_tick
-from shared.maintenance import MaintenanceWindow
-from shared.scheduler import next_run
-from shared.storage import QUEUE_NAME
-from shared.telemetry import (
+from infrabackup.alerts import NO_SUCCESSFUL_BACKUP, Alert
+from infrabackup.app import routes as api
+from infrabackup.app import worker
+from infrabackup.app.heartbeat import run_tick
+from infrabackup.app.scheduler import next_run
+from infrabackup.errors import ConfigError
+from infrabackup.jobs.maintenance import MaintenanceWindow
+from infrabackup.jobs.storage import QUEUE_NAME
+from infrabackup.services import AppServices
+from infrabackup.telemetry import (
     ALERT_EVENT,
     HEARTBEAT_EVENT,
     HEARTBEAT_PROPERTIES,

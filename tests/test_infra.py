@@ -2,7 +2,7 @@
 
 Given the Bicep under infra/, when scripts/check-infra.sh runs, then every file parses
 with pycep-parser and checkov reports no finding. Then, on the parsed files, the tests
-check the content: five alert rules carrying the seed texts of shared/alerts.py and a
+check the content: five alert rules carrying the seed texts of shared/infrabackup/alerts.py and a
 sixth, "No successful backup", each with the query tests/kusto assembles (and
 tests/test_alert_queries.py checks and runs), the action group's receivers, the Key
 Vault's RBAC mode, every setting of the brief as an app
@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from shared.alerts import NO_SUCCESSFUL_BACKUP, Alert
-from shared.settings import ALL_SETTINGS, load_settings
-from shared.staleness import threshold
+from infrabackup.alerts import NO_SUCCESSFUL_BACKUP, Alert
+from infrabackup.settings import ALL_SETTINGS, load_settings
+from infrabackup.staleness import threshold
 from tests.kusto import rule_query, workbook_content
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ error, never another exception.
   huge numbers, deep JSON, odd paths, connection strings, NCRONTAB-like text) and
   local.settings.json files through ``load_settings``: a Settings, or a ConfigError whose
   every problem names a setting, with no secret in it;
-* HTTP bodies, query strings and ids through every route of shared/api.py, called as
-  the host calls them, against Azurite: never a 500 for a bad request, always JSON, the
-  error shape on every error;
+* HTTP bodies, query strings and ids through every route of
+  shared/infrabackup/app/routes.py, called as the host calls them, against Azurite: never
+  a 500 for a bad request, always JSON, the error shape on every error;
 * queue message bodies through the worker and the poison handler: nothing escapes, and
   the message ends in a finished job record (a Failed one for anything that is not a job).
 
@@ -31,11 +31,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import function_app
-from shared.errors import ConfigError
-from shared.job_store import FINISHED
-from shared.layout import backup_id_or_none
-from shared.settings import ALL_SETTINGS, SECRET_SETTINGS, SETTING_NAME_RE, load_settings
-from shared.storage import TABLE_NAME
+from infrabackup.errors import ConfigError
+from infrabackup.jobs.job_store import FINISHED
+from infrabackup.jobs.storage import TABLE_NAME
+from infrabackup.layout import backup_id_or_none
+from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, SETTING_NAME_RE, load_settings
 from tests.helpers import Keys, Stamp, make_keys
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_function_app import HOST, SHARE_PASSWORD, queue, stamp  # noqa: F401
@@ -355,7 +355,7 @@ def messages(app_stamp: str) -> st.SearchStrategy[bytes]:
 
 def test_any_queue_message_ends_in_a_finished_record_and_nothing_escapes(
         stamp: Stamp, azurite: str) -> None:  # noqa: F811
-    from shared.app_services import AppServices
+    from infrabackup.services import AppServices
 
     table = TableServiceClient.from_connection_string(azurite).get_table_client(TABLE_NAME)
 

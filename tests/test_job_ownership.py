@@ -28,10 +28,10 @@ import pytest
 from azure.storage.queue import QueueClient
 
 import function_app
-from shared import worker
-from shared.app_services import AppServices
-from shared.job_store import FINISHED
-from shared.share import open_share
+from infrabackup.app import worker
+from infrabackup.jobs.job_store import FINISHED
+from infrabackup.services import AppServices
+from infrabackup.share import open_share
 from tests.crash import REPO, cli
 from tests.helpers import Stamp, write_random
 from tests.helpers import run_command as command

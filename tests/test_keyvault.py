@@ -31,8 +31,8 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError
 from cryptography import x509
 
-from shared.alerts import Alert
-from shared.errors import (
+from infrabackup.alerts import Alert
+from infrabackup.errors import (
     AuthenticationError,
     ConfigError,
     ConnectivityError,
@@ -41,16 +41,7 @@ from shared.errors import (
     KeyMaterialError,
     PathError,
 )
-from shared.key_provider import decryption_keyring, encryption_wrapper
-from shared.keys import (
-    CertificateWrapper,
-    GeneratedCertificate,
-    KeyRing,
-    LegacyKeyWrapper,
-    generate_certificate,
-    generate_legacy_key,
-)
-from shared.keyvault import (
+from infrabackup.keys.keyvault import (
     KeyVaultAccess,
     fetch_certificate,
     keygen_to_vault,
@@ -58,7 +49,16 @@ from shared.keyvault import (
     parse_vault_url,
     translated,
 )
-from shared.settings import ALL_SETTINGS, Secret, Settings
+from infrabackup.keys.provider import decryption_keyring, encryption_wrapper
+from infrabackup.keys.wrap import (
+    CertificateWrapper,
+    GeneratedCertificate,
+    KeyRing,
+    LegacyKeyWrapper,
+    generate_certificate,
+    generate_legacy_key,
+)
+from infrabackup.settings import ALL_SETTINGS, Secret, Settings
 from tests.servers.keyvault import (  # noqa: F401 - pytest fixtures
     KeyVaultStandIn,
     keyvault,
@@ -747,7 +747,7 @@ def vault_env(
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from shared.cli import main
+    from infrabackup.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(list(args))

@@ -28,7 +28,7 @@ _MEASURE = (
 
 def _measured(args: list[str], env: dict[str, str]) -> tuple[dict[str, object], int]:
     proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE, sys.executable, "-m", "shared", *args, "--json"],
+        [sys.executable, "-c", _MEASURE, sys.executable, "-m", "infrabackup", *args, "--json"],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr

@@ -25,11 +25,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.catalog import UNREADABLE, find_backup, list_backups
-from shared.cli import cli
-from shared.errors import InfraBackupError, IntegrityError
-from shared.manifest import Manifest
-from shared.retention import plan_prune
+from infrabackup.catalog import UNREADABLE, find_backup, list_backups
+from infrabackup.cli import cli
+from infrabackup.errors import InfraBackupError, IntegrityError
+from infrabackup.manifest import Manifest
+from infrabackup.retention import plan_prune
 from tests.helpers import Stamp, make_keys, make_stamp
 
 NOW = dt.datetime.now(dt.UTC)

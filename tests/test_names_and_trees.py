@@ -16,19 +16,19 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from shared.archive import ArchiveStats, extract_stream, remove_tree, tar_stream
-from shared.backup import stamp_layout
-from shared.encryption import canonical_json, check_manifest_mac
-from shared.errors import IntegrityError
-from shared.key_provider import decryption_keyring
-from shared.keys import KeyRing
-from shared.manifest import Manifest
-from shared.restore import restore_backup, unlock, verify_backup
-from shared.restore_sources import restore_to_sources
-from shared.settings import SourceSpec, load_settings
-from shared.share import LocalShare
-from shared.source_smb import SmbSource
-from shared.sources import DirectorySource, SourceEntry
+from infrabackup.backup import stamp_layout
+from infrabackup.errors import IntegrityError
+from infrabackup.keys.provider import decryption_keyring
+from infrabackup.keys.wrap import KeyRing
+from infrabackup.manifest import Manifest
+from infrabackup.restore import restore_backup, unlock, verify_backup
+from infrabackup.restore_sources import restore_to_sources
+from infrabackup.settings import SourceSpec, load_settings
+from infrabackup.share import LocalShare
+from infrabackup.sources import DirectorySource, SourceEntry
+from infrabackup.sources.smb import SmbSource
+from infrabackup.stream.archive import ArchiveStats, extract_stream, remove_tree, tar_stream
+from infrabackup.stream.encryption import canonical_json, check_manifest_mac
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, stamp_with_sources, tree
 from tests.servers.samba import samba  # noqa: F401 - fixture
 from tests.sources_helpers import SmbFolder, smb_folder  # noqa: F401 - fixture
@@ -61,7 +61,7 @@ def deep_tmp(tmp_path: Path) -> Iterator[Path]:
 
 
 def _cli(stamp: Stamp, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "infrabackup", *args], cwd=REPO,
                           env={**os.environ, **stamp.env}, capture_output=True, text=True,
                           timeout=300)
 

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from shared.archive import remove_tree
-from shared.encryption import check_manifest_mac, new_data_key
-from shared.manifest import ComponentRecord, Manifest
-from shared.restore import restore_backup, verify_backup
+from infrabackup.manifest import ComponentRecord, Manifest
+from infrabackup.restore import restore_backup, verify_backup
+from infrabackup.stream.archive import remove_tree
+from infrabackup.stream.encryption import check_manifest_mac, new_data_key
 from tests.helpers import Keys, make_keys, make_stamp
 
 TREE_EXAMPLES = 80

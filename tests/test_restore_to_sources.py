@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ConfigError, IntegrityError, RefusedError
-from shared.manifest import Manifest
-from shared.restore_sources import LocalTree, restore_to_sources, swap_blobs, swap_tree
-from shared.settings import load_settings
-from shared.source_blob import BlobSource
-from shared.sources import SourceError
+from infrabackup.errors import ConfigError, IntegrityError, RefusedError
+from infrabackup.manifest import Manifest
+from infrabackup.restore_sources import LocalTree, restore_to_sources, swap_blobs, swap_tree
+from infrabackup.settings import load_settings
+from infrabackup.sources import SourceError
+from infrabackup.sources.blob import BlobSource
 from tests.helpers import Keys, Stamp, make_keys, write_random
 from tests.helpers import stamp_with_sources as _stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
@@ -336,7 +336,7 @@ def test_a_blob_swap_failing_at_any_copy_is_undone(
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
-    return subprocess.run([sys.executable, "-m", "shared", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "infrabackup", *args], cwd=REPO,
                           env={**base, **env}, capture_output=True, text=True, timeout=300)
 
 

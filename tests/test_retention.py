@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from shared.catalog import list_backups
-from shared.errors import ConnectivityError
-from shared.manifest import Manifest
-from shared.restore import verify_backup
-from shared.retention import INCOMPLETE_SAFE_AGE, apply_prune, plan_prune
-from shared.share import Share
+from infrabackup.catalog import list_backups
+from infrabackup.errors import ConnectivityError
+from infrabackup.manifest import Manifest
+from infrabackup.restore import verify_backup
+from infrabackup.retention import INCOMPLETE_SAFE_AGE, apply_prune, plan_prune
+from infrabackup.share import Share
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)

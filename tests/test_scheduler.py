@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.scheduler import next_run, parse_schedule
-from shared.settings import DEFAULT_SCHEDULE
+from infrabackup.app.scheduler import next_run, parse_schedule
+from infrabackup.errors import ConfigError
+from infrabackup.settings import DEFAULT_SCHEDULE
 
 
 def utc(*args: int) -> dt.datetime:

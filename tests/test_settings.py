@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import UncPath, load_settings
+from infrabackup.errors import ConfigError
+from infrabackup.settings import UncPath, load_settings
 
 GOOD = {"BACKUP_EXTERNAL_DOMAIN": "contoso.com", "BACKUP_REGION": "nyc"}
 

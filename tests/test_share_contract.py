@@ -1,4 +1,4 @@
-"""The Share contract (shared/share/base.py), checked against every implementation.
+"""The Share contract (shared/infrabackup/share/base.py), checked against every implementation.
 
 Each test runs against every implementation and every way an SMB session can protect its
 data: a LocalShare on a temporary folder; an SmbShare on the real Samba's plain share (SMB
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import LockHeldError, PathError
-from shared.share import open_share
-from shared.share.base import PARTIAL_MARKER, Share
-from shared.share.local import LocalShare
-from shared.share.smb import SmbShare, wire
+from infrabackup.errors import LockHeldError, PathError
+from infrabackup.share import open_share
+from infrabackup.share.base import PARTIAL_MARKER, Share
+from infrabackup.share.local import LocalShare
+from infrabackup.share.smb import SmbShare, wire
 from tests.servers.samba import (  # noqa: F401 - the session fixtures
     SambaSet,
     SambaVariants,
@@ -370,11 +370,11 @@ import json, sys, time
 from pathlib import Path
 spec = json.loads(sys.stdin.readline())
 if spec["kind"] == "local":
-    from shared.share.local import LocalShare
+    from infrabackup.share.local import LocalShare
     share = LocalShare(Path(spec["root"]))
 else:
-    from shared.settings import load_settings
-    from shared.share.smb import SmbShare
+    from infrabackup.settings import load_settings
+    from infrabackup.share.smb import SmbShare
     share = SmbShare.from_settings(load_settings(spec["env"]))
 with share.lock("locks/stamp.lock", "child backup"):
     print("LOCKED", flush=True)

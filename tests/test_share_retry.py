@@ -1,11 +1,11 @@
-"""The retry policy of share operations (shared/share/retry.py), on its own."""
+"""The retry policy of share operations (shared/infrabackup/share/retry.py), on its own."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.errors import AuthenticationError, CapacityError, ConnectivityError, PathError
-from shared.share.retry import RetryPolicy
+from infrabackup.errors import AuthenticationError, CapacityError, ConnectivityError, PathError
+from infrabackup.share.retry import RetryPolicy
 
 
 class Flaky:

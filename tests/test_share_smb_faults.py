@@ -27,8 +27,8 @@ from smbprotocol.exceptions import (
 )
 from smbprotocol.header import SMB2HeaderResponse
 
-from shared.alerts import Alert
-from shared.errors import (
+from infrabackup.alerts import Alert
+from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
     ConnectivityError,
@@ -36,9 +36,9 @@ from shared.errors import (
     InfraBackupError,
     PathError,
 )
-from shared.settings import Settings, load_settings
-from shared.share.base import PARTIAL_MARKER
-from shared.share.smb import TIMED_OUT, SmbShare, SmbTarget, translate_smb_error
+from infrabackup.settings import Settings, load_settings
+from infrabackup.share.base import PARTIAL_MARKER
+from infrabackup.share.smb import TIMED_OUT, SmbShare, SmbTarget, translate_smb_error
 from tests.servers.samba import (  # noqa: F401 - fixtures
     PASSWORD,
     SMALL_SHARE_BYTES,

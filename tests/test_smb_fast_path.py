@@ -1,5 +1,5 @@
-"""The SMB fast data path (shared/share/smb/pipe.py, wire.py) against real Samba, and its
-framing against smbprotocol's own implementation.
+"""The SMB fast data path (shared/infrabackup/share/smb/pipe.py, wire.py) against real Samba,
+and its framing against smbprotocol's own implementation.
 
 * framing: our signatures equal smbprotocol's for GMAC, CMAC and HMAC-SHA256; our
   encrypted messages decrypt with smbprotocol's code and its messages with ours;
@@ -22,9 +22,9 @@ import pytest
 from smbprotocol.connection import Connection, Dialects, SigningAlgorithms
 from smbprotocol.header import Commands
 
-from shared.errors import ConnectivityError
-from shared.share.smb import SmbShare, wire
-from shared.share.smb.pipe import _Cutter
+from infrabackup.errors import ConnectivityError
+from infrabackup.share.smb import SmbShare, wire
+from infrabackup.share.smb.pipe import _Cutter
 from tests.servers.samba import (  # noqa: F401 - fixtures
     SambaServer,
     SambaVariants,

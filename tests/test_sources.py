@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import pytest
 import smbclient
 
-from shared.errors import ConfigError
-from shared.layout import format_timestamp
-from shared.restore import restore_backup
-from shared.retention import apply_prune, plan_prune
-from shared.settings import SourceSpec, load_settings
-from shared.source_blob import BlobSource
-from shared.source_smb import SmbSource
-from shared.sources import SourceEntry, open_source
+from infrabackup.errors import ConfigError
+from infrabackup.layout import format_timestamp
+from infrabackup.restore import restore_backup
+from infrabackup.retention import apply_prune, plan_prune
+from infrabackup.settings import SourceSpec, load_settings
+from infrabackup.sources import SourceEntry, open_source
+from infrabackup.sources.blob import BlobSource
+from infrabackup.sources.smb import SmbSource
 from tests.helpers import Keys, Stamp, make_keys, write_random
 from tests.helpers import stamp_with_sources as _stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures

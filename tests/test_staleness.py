@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.alerts import NO_SUCCESSFUL_BACKUP
-from shared.errors import ConfigError
-from shared.settings import load_settings
-from shared.staleness import freshness, longest_gap, threshold
+from infrabackup.alerts import NO_SUCCESSFUL_BACKUP
+from infrabackup.errors import ConfigError
+from infrabackup.settings import load_settings
+from infrabackup.staleness import freshness, longest_gap, threshold
 from tests.helpers import Keys, make_keys, make_stamp, write_random
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_freshness_is_stale_without_a_success_or_past_the_threshold() -> None:
 
 def _check(env: dict[str, str], as_json: bool = False) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
-    return subprocess.run([sys.executable, "-m", "shared", "check", *(["--json"] * as_json)],
+    return subprocess.run([sys.executable, "-m", "infrabackup", "check", *(["--json"] * as_json)],
                           cwd=REPO, env={**base, **env}, capture_output=True, text=True,
                           timeout=120, check=False)
 

@@ -2,7 +2,7 @@
 over its local path (LocalShare) and over SMB (SmbShare), and the two see each other's lock.
 
 Samba maps SMB byte-range locks to POSIX locks on the served file (``posix locking``, its
-default): the SMB side takes a byte-range lock on :data:`~shared.share.base.LOCK_RANGE` of
+default): the SMB side takes a byte-range lock on :data:`~infrabackup.share.base.LOCK_RANGE` of
 the lock file, the local side an fcntl lock on the same range (docs/SMB.md, "Locking").
 Checked against the real Samba fixture, both directions, with the share objects and with
 two real ``infrabackup backup`` processes.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import LockHeldError
-from shared.settings import ALL_SETTINGS
-from shared.share import LocalShare
-from shared.share.smb import SmbShare
+from infrabackup.errors import LockHeldError
+from infrabackup.settings import ALL_SETTINGS
+from infrabackup.share import LocalShare
+from infrabackup.share.smb import SmbShare
 from tests.crash import REPO, cli
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
 from tests.servers.samba import PASSWORD, USERNAME, SambaSet, samba  # noqa: F401

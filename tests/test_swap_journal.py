@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from shared.errors import RestoreTargetError, SourceBusyError
-from shared.restore import restore_backup
-from shared.restore_sources import LocalTree, swap_blobs, swap_tree
-from shared.settings import load_settings
-from shared.source_blob import BlobSource
-from shared.sources import SourceError
-from shared.staging import RESTORING_PREFIX, hold_new_folder, sweep
-from shared.swap_journal import JOURNAL_FILE, BlobSite, recover_blobs, recover_source
+from infrabackup.errors import RestoreTargetError, SourceBusyError
+from infrabackup.restore import restore_backup
+from infrabackup.restore_sources import LocalTree, swap_blobs, swap_tree
+from infrabackup.settings import load_settings
+from infrabackup.sources import SourceError
+from infrabackup.sources.blob import BlobSource
+from infrabackup.staging import RESTORING_PREFIX, hold_new_folder, sweep
+from infrabackup.swap_journal import JOURNAL_FILE, BlobSite, recover_blobs, recover_source
 from tests.crash import cli
 from tests.helpers import Keys, make_keys, stamp_with_sources, write_random
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
@@ -252,7 +252,7 @@ def test_sweep_removes_dead_staging_and_never_held_staging(
     # A dead one: made by a process that was killed (here: a child that exits at once).
     code = subprocess.run(
         [sys.executable, "-c", "import sys; "
-         "from pathlib import Path; from shared.staging import hold_new_folder; "
+         "from pathlib import Path; from infrabackup.staging import hold_new_folder; "
          f"f = hold_new_folder(Path({str(target)!r}), '{RESTORING_PREFIX}'); "
          "(f.path / 'plain.txt').write_text('decrypted'); import os; os._exit(0)"],
         env={**os.environ, "TMPDIR": str(private_tmp)}, check=False).returncode
@@ -377,7 +377,8 @@ def test_a_restore_killed_between_its_moves_into_dir_is_moved_back(
     dest.mkdir()
     (dest / "unrelated.txt").write_text("the operator's")
     script = (
-        "import os, sys; from pathlib import Path; from shared.staging import hold_new_folder\n"
+        "import os, sys; from pathlib import Path\n"
+        "from infrabackup.staging import hold_new_folder\n"
         f"dest = Path({str(dest)!r})\n"
         f"f = hold_new_folder(dest, {RESTORING_PREFIX!r})\n"
         "for name in ('ACS', 'CRP'):\n"

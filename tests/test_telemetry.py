@@ -1,6 +1,6 @@
 """Telemetry with the real Azure Monitor exporter, posting to a local ingestion endpoint.
 
-Given a backup run by :func:`shared.backup_job.run_backup_job` against a real Samba,
+Given a backup run by :func:`infrabackup.jobs.backup_job.run_backup_job` against a real Samba,
 when it succeeds Azure Monitor receives the success event, the metrics and a backup span
 with one child per component; when it fails with each of the five alerts (each fault
 provoked for real, as tests/test_share_smb_faults.py does) it receives exactly one alert
@@ -23,10 +23,9 @@ from typing import Any
 
 import pytest
 
-from shared.alerts import Alert
-from shared.backup import stamp_layout
-from shared.backup_job import JobDependencies, run_backup_job
-from shared.errors import (
+from infrabackup.alerts import Alert
+from infrabackup.backup import stamp_layout
+from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
     ConnectivityError,
@@ -35,13 +34,14 @@ from shared.errors import (
     LockHeldError,
     PathError,
 )
-from shared.keys import generate_certificate
-from shared.manifest import Manifest
-from shared.settings import Settings, load_settings
-from shared.share import LocalShare
-from shared.share.base import Share
-from shared.share.smb import SmbShare
-from shared.telemetry import (
+from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
+from infrabackup.keys.wrap import generate_certificate
+from infrabackup.manifest import Manifest
+from infrabackup.settings import Settings, load_settings
+from infrabackup.share import LocalShare
+from infrabackup.share.base import Share
+from infrabackup.share.smb import SmbShare
+from infrabackup.telemetry import (
     ALERT_EVENT,
     ALERT_PROPERTIES,
     METRIC_BYTES_WRITTEN,
@@ -475,8 +475,8 @@ def test_a_malformed_connection_string_leaves_the_service_running_without_teleme
     script = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
-        "from shared.settings import load_settings\n"
-        "from shared.telemetry import configure_telemetry\n"
+        "from infrabackup.settings import load_settings\n"
+        "from infrabackup.telemetry import configure_telemetry\n"
         "t = configure_telemetry(load_settings({'APPLICATIONINSIGHTS_CONNECTION_STRING':\n"
         "    'InstrumentationKey=not-a-key;IngestionEndpoint=http://127.0.0.1:9/'}))\n"
         "print(type(t).__name__)\n"

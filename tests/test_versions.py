@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConfigError, RefusedError
-from shared.versions import check_restore_allowed, parse_version, release_gap
+from infrabackup.errors import ConfigError, RefusedError
+from infrabackup.versions import check_restore_allowed, parse_version, release_gap
 
 
 @pytest.mark.parametrize(

@@ -28,14 +28,14 @@ from azure.storage.queue import QueueClient
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 
-from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
+from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
 from tests.servers.azurite import ACCOUNT_KEY, azurite, azurite_server  # noqa: F401
 from tests.worker_host import closing_note
 from tests.worker_host.host import FunctionsHost
 
 REPO = Path(__file__).resolve().parents[1]
-OPENAPI = REPO / "shared" / "openapi.json"
+OPENAPI = REPO / "shared" / "infrabackup" / "app" / "openapi.json"
 SHARE_PASSWORD = "Sh4re-Pa55word-WOMBAT"
 FINISHED = {"Succeeded", "PartialSucceeded", "Failed", "Skipped"}
 #: What one scenario costs the log stream: the worker's INFO records, without HTTP dumps.

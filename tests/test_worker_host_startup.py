@@ -13,9 +13,9 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from shared.app_services import AppServices
-from shared.job_queue import submit_backup
-from shared.storage import POISON_QUEUE_NAME, QUEUE_NAME
+from infrabackup.jobs.job_queue import submit_backup
+from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
+from infrabackup.services import AppServices
 from tests.helpers import Stamp, make_keys, make_stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_worker_host import app_settings, clear_job_queues

@@ -1,6 +1,6 @@
 // Alerts: one action group and six scheduled-query (log search) alert rules: one per seed
-// alert of shared/alerts.py, each carrying the seed's name, description and remediation,
-// and "No successful backup" (shared.alerts.NO_SUCCESSFUL_BACKUP).
+// alert of shared/infrabackup/alerts.py, each carrying the seed's name, description and remediation,
+// and "No successful backup" (infrabackup.alerts.NO_SUCCESSFUL_BACKUP).
 //
 // The queries are in queries/ beside this file (tests/test_alert_queries.py runs them with
 // the Kusto language service and plays them over recorded event sequences); every query
@@ -60,7 +60,7 @@ param expectedStamps array
 @maxValue(48)
 param staleAfterHours int = 25
 
-// The five seed alerts, worded exactly as shared/alerts.py (tests/test_infra.py checks it).
+// The five seed alerts, worded exactly as shared/infrabackup/alerts.py (tests/test_infra.py checks it).
 var seedAlerts = [
   {
     key: 'capacity'
@@ -94,7 +94,7 @@ var seedAlerts = [
   }
 ]
 
-// The sixth alert, worded exactly as shared/alerts.py's NO_SUCCESSFUL_BACKUP.
+// The sixth alert, worded exactly as shared/infrabackup/alerts.py's NO_SUCCESSFUL_BACKUP.
 var staleAlert = {
   key: 'stale'
   name: 'No successful backup'

@@ -12,7 +12,7 @@ Fixtures (import them into a test module):
 * ``azure_monitor`` (session): ``configure_telemetry`` called once for the whole test
   session with a connection string pointing at ``ingestion`` (offline storage, live
   metrics, SDK stats and the control plane off; no resource detector that probes the
-  network), yielding the :class:`~shared.telemetry.AzureMonitorTelemetry`.
+  network), yielding the :class:`~infrabackup.telemetry.AzureMonitorTelemetry`.
   configure_azure_monitor is process-global, so every test module that needs the real
   exporter uses this one fixture.
 
@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from shared.settings import load_settings
-from shared.telemetry import AzureMonitorTelemetry, Telemetry, configure_telemetry
+from infrabackup.settings import load_settings
+from infrabackup.telemetry import AzureMonitorTelemetry, Telemetry, configure_telemetry
 
 TRACK_PATH = "/v2.1/track"
 INSTRUMENTATION_KEY = "00000000-0000-0000-0000-000000000000"
@@ -262,7 +262,7 @@ def azure_monitor(ingestion: IngestionServer) -> Iterator[AzureMonitorTelemetry]
     telemetry: Telemetry = configure_telemetry(settings, disable_offline_storage=True)
     if not isinstance(telemetry, AzureMonitorTelemetry):
         pytest.fail(f"configure_telemetry gave {type(telemetry).__name__}, not the real "
-                    "exporter (see the warning logged by shared.telemetry)", pytrace=False)
+                    "exporter (see the warning logged by infrabackup.telemetry)", pytrace=False)
     try:
         yield telemetry
     finally:

@@ -25,7 +25,7 @@ Fixtures (import them into a test module: ``from tests.servers.samba import samb
 
 Every server logs in ``backupuser`` / :data:`PASSWORD` (the Unix account ``root``, through a
 username map, so /etc/passwd is never touched). ``server.settings(share)`` gives the
-:class:`~shared.settings.Settings` a test needs for that share.
+:class:`~infrabackup.settings.Settings` a test needs for that share.
 
 Process hygiene (see /work/shared/TESTING.md): smbd runs with ``--foreground`` in the session
 it creates itself, so ``os.killpg`` reaches it and the per-connection children it forks; its
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings, load_settings
+from infrabackup.settings import Settings, load_settings
 
 USERNAME = "backupuser"
 PASSWORD = "Samba-test-pw-1"  # a test-only account on a loopback server

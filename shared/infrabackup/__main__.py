@@ -1,0 +1,5 @@
+"""``python -m infrabackup`` runs the ``infrabackup`` command."""
+
+from infrabackup.cli import main
+
+main()

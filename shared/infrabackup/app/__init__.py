@@ -1,0 +1,1 @@
+"""The Azure Functions app: the triggers' bindings and the HTTP API."""

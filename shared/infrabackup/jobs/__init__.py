@@ -1,0 +1,1 @@
+"""Backup jobs: their records, queue, maintenance window, ownership and storage."""

@@ -1,0 +1,1 @@
+"""Key material: wrapping data keys, resolving the settings' keys, Key Vault."""

@@ -1,0 +1,375 @@
+"""A folder on another SMB share as a backup source (``type: smb``).
+
+The source reuses :class:`infrabackup.share.smb.SmbShare` for everything SMB: its own
+connection cache, signing, encryption when the server offers it, a deadline on every
+request (``BACKUP_SHARE_TIMEOUT_SECONDS``) and one translation of smbprotocol's
+exceptions. Its errors are re-worded here into :class:`~infrabackup.sources.SourceError`
+naming the source and the settings its credentials come from, so an unreadable source
+fails its component and never raises a share alert.
+
+Reading is live and streamed: files are opened shared for read, write and delete (a
+running service is never blocked), read one request at a time (at most the archive's
+1 MiB read size), and the open handle answers ``describe()`` with the file's current
+size and last-write time from the server, so a file that changes while it is read is
+recorded as changed-during-backup. A file that is gone when it is opened is recorded
+as vanished; one that cannot be opened (access denied, held exclusively by another
+program) makes the component Failed.
+
+Samba and Windows servers present symbolic links as what they point to, so an SMB
+source has files and folders only; SMB has no Unix modes: files are stored 0644,
+folders 0755.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import functools
+import io
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from smbprotocol.file_info import FileBasicInformation, FileStandardInformation
+
+from infrabackup.errors import (
+    AuthenticationError,
+    CapacityError,
+    ConnectivityError,
+    InfraBackupError,
+    PathError,
+)
+from infrabackup.names import shown
+from infrabackup.settings import Secret, Settings, SourceSpec, UncPath, parse_unc
+from infrabackup.share.smb import (
+    STATUS_ACCESS_DENIED,
+    STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_OBJECT_PATH_NOT_FOUND,
+    STATUS_SHARING_VIOLATION,
+    SmbShare,
+    status_hex,
+)
+from infrabackup.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
+from infrabackup.sources import (
+    DirectorySource,
+    SourceEntry,
+    SourceError,
+    is_reserved,
+    selected,
+    walk,
+)
+
+T = TypeVar("T")
+
+FILE_MODE = stat.S_IFREG | 0o644
+DIR_MODE = stat.S_IFDIR | 0o755
+_NOT_FOUND = {status_hex(STATUS_OBJECT_NAME_NOT_FOUND), status_hex(STATUS_OBJECT_PATH_NOT_FOUND)}
+# 100-ns intervals between 1601-01-01 (FILETIME) and 1970-01-01.
+_EPOCH_FILETIME = 116444736000000000
+
+
+class SmbSource:
+    """The SMB folder ``spec.path`` (``\\\\host\\share[\\folder...]``) on ``spec.port``.
+
+    Credentials: the values of the settings ``spec.username_setting`` and
+    ``spec.password_setting`` (both or neither). One SmbSource is used from one thread
+    at a time; its connection closes when ``entries()`` ends and on :meth:`close`.
+    """
+
+    def __init__(self, spec: SourceSpec, settings: Settings) -> None:
+        assert spec.path is not None
+        self.spec = spec
+        unc = parse_unc(spec.path)
+        self.description = str(unc)
+        self.base = "/".join(unc.folders)
+        self.port = spec.port or 445
+        self._username = settings.raw.get(spec.username_setting or "", "").strip() or None
+        password = settings.raw.get(spec.password_setting or "", "")
+        # The share is opened at the SMB share's root so a restore can create the folder.
+        self.share = SmbShare(
+            UncPath(unc.host, unc.share, ()),
+            port=self.port,
+            username=self._username,
+            password=Secret(password) if password else None,
+            timeout=settings.share_timeout_seconds,
+        )
+
+    # ---- reading (the Source protocol) --------------------------------------------------
+
+    def entries(self) -> Iterator[SourceEntry]:
+        """Folders and files under the source folder, sorted by name per folder."""
+        try:
+            root = self.guard("reading", lambda: self.share.stat(self.base) if self.base
+                              else None)
+            if self.base and (root is None or not root.is_dir):
+                raise SourceError(
+                    f"source {self.spec.name}: {self.description} (port {self.port}) "
+                    + ("does not exist." if root is None else "is not a folder.")
+                    + " Check the source's path in BACKUP_SOURCES."
+                )
+            yield from walk(self._folder)
+        finally:
+            self.share.close()
+
+    def _folder(self, prefix: str) -> Iterator[SourceEntry]:
+        rel_dir = prefix[:-1]  # without its trailing "/"
+        try:
+            items = self.guard("listing " + (rel_dir or "/"),
+                               lambda: self.share.list_dir(self.path(rel_dir)))
+        except SourceError as exc:
+            if prefix and exc.status in _NOT_FOUND:
+                return  # the folder vanished while we walked: nothing of it to back up
+            raise
+        for item in sorted(items, key=lambda e: e.name):
+            if not prefix and is_reserved(item.name):
+                continue
+            rel = f"{prefix}{item.name}"
+            mtime = item.modified.timestamp()
+            if item.is_dir:
+                if selected(self.spec, rel, True):
+                    yield SourceEntry(rel, "dir", DIR_MODE, mtime)
+            elif selected(self.spec, rel, False):
+                yield SourceEntry(rel, "file", FILE_MODE, mtime, item.size)
+
+    def open(self, entry: SourceEntry) -> _SmbReader:
+        """Open a file for live reading; FileNotFoundError / PermissionError as a folder would."""
+        path = self.path(entry.path)
+        unc = self.share._unc(path)
+        opener = functools.partial(self.share._open, unc, "rb", share_access="rwd")
+        try:
+            handle = self.share._call(f"opening {path}", opener, retry=True)
+        except (PathError, AuthenticationError, InfraBackupError) as exc:
+            if exc.status in _NOT_FOUND:
+                raise FileNotFoundError(errno.ENOENT, "vanished", entry.path) from None
+            if exc.status in (status_hex(STATUS_ACCESS_DENIED),
+                              status_hex(STATUS_SHARING_VIOLATION)):
+                raise PermissionError(errno.EACCES, exc.status, entry.path) from None
+            raise self.error(f"opening {entry.path}", exc) from None
+        return _SmbReader(self, handle, path)
+
+    # ---- helpers shared with the restore -------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        """The share-relative path of ``rel`` (``""`` = the source folder)."""
+        return "/".join(p for p in (self.base, rel) if p)
+
+    def guard(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (SmbShare calls), re-wording a share error as this source's."""
+        try:
+            return fn()
+        except SourceError:
+            raise
+        except InfraBackupError as exc:
+            raise self.error(what, exc) from None
+
+    def error(self, what: str, exc: InfraBackupError) -> SourceError:
+        """``exc`` from the SmbShare as a SourceError naming this source and its settings."""
+        name, where = self.spec.name, f"{self.description} (port {self.port})"
+        code = f" ({exc.status})" if exc.status else ""
+        if isinstance(exc, AuthenticationError):
+            creds = (f"the settings {self.spec.username_setting} and "
+                     f"{self.spec.password_setting}" if self.spec.username_setting
+                     else "usernameSetting/passwordSetting (none are set)")
+            text = (f"{what}: {where} refused the logon of '{self._username or ''}' or denied "
+                    f"it access{code}. Check {creds}, and that the account may read (and, to "
+                    "restore, change) the folder.")
+        elif isinstance(exc, PathError):
+            text = (f"{what}: the path does not exist on {where}, or its host does not "
+                    f"resolve{code}. Check the source's path in BACKUP_SOURCES (an FQDN or IP).")
+        elif isinstance(exc, ConnectivityError):
+            text = (f"{what}: cannot reach {where}{code}. Check that the server is running, "
+                    "the port (the source's \"port\", default 445) and the network.")
+        elif isinstance(exc, CapacityError):
+            text = f"{what}: {where} is out of space{code}. Free space on that server."
+        else:
+            text = f"{what}: {exc.message}"
+        error = SourceError(f"source {name}: {text}", status=exc.status)
+        return error
+
+    def close(self) -> None:
+        self.share.close()
+
+    # ---- writing, for a restore into the source ------------------------------------------
+
+    def list(self, rel: str) -> list[tuple[str, str]]:
+        """(name, "dir" | "file") of the folder ``rel``; PathError-based SourceError if gone."""
+        items = self.guard(f"listing {rel or '/'}", lambda: self.share.list_dir(self.path(rel)))
+        return [(e.name, "dir" if e.is_dir else "file") for e in items]
+
+    def exists(self, rel: str) -> bool:
+        return self.guard(f"reading {rel}", lambda: self.share.stat(self.path(rel))) is not None
+
+    def make_dirs(self, rel: str) -> None:
+        target = self.path(rel)
+        if target:
+            self.guard(f"creating {rel or '/'}", lambda: self.share.make_dirs(target))
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` (which must not exist) on the server; not retried."""
+        import smbclient
+
+        src_unc, dst_unc = self.share._unc(self.path(src)), self.share._unc(self.path(dst))
+        self.guard(
+            f"renaming {src} to {dst}",
+            lambda: self.share._call(
+                f"renaming {src} to {dst}",
+                lambda: smbclient.rename(src_unc, dst_unc, **self.share._kwargs()),
+            ),
+        )
+
+    def remove_tree(self, rel: str) -> None:
+        self.guard(f"removing {rel}", lambda: self.share.remove_tree(self.path(rel)))
+
+    def put_tree(self, local: Path, rel: str) -> builtins.list[tuple[str, str]]:
+        """Upload the local folder ``local`` (files, folders, times) to ``rel``; return
+        ``(path, warning)`` for each entry not uploaded.
+
+        A name an SMB server cannot hold (:func:`smb_name_problem`) is not uploaded, nor
+        what is under it, and neither is a name the server refuses (0xC0000033 and kin):
+        a warning names the entry and says why, and everything else is uploaded. No name
+        is ever changed into another. Symbolic links cannot be created over SMB and are
+        not uploaded (an SMB source never has any in its backups: servers present links
+        as their targets).
+        """
+        self.make_dirs(rel)
+        folder_times: builtins.list[tuple[str, float]] = []
+        refusals: builtins.list[tuple[str, str]] = []
+        refused: str | None = None  # a folder not uploaded: nothing under it is either
+        staged = DirectorySource(SourceSpec(name="restore", type="directory", path=str(local)))
+        for entry in staged.entries():
+            if refused is not None and entry.path.startswith(refused + "/"):
+                continue
+            if entry.kind not in ("dir", "file"):
+                continue
+            problem = smb_name_problem(entry.path.rpartition("/")[2])
+            sub = f"{rel}/{entry.path}"
+            try:
+                if problem is None:
+                    if entry.kind == "dir":
+                        self._make_dir(sub)
+                        folder_times.append((sub, entry.mtime))
+                    else:
+                        self._upload(local / entry.path, sub)
+                        with contextlib.suppress(SourceError):
+                            self._set_time(sub, entry.mtime)
+                    continue
+            except SourceError as exc:
+                if exc.status not in _NAME_REFUSED:
+                    raise
+                problem = f"the server refused the name ({exc.status})"
+            what = "folder (and what is in it)" if entry.kind == "dir" else "file"
+            refusals.append((entry.path, f"{shown(entry.path)}: {what} not restored, {problem}."))
+            if entry.kind == "dir":
+                refused = entry.path
+        # Folder times last, deepest first: writing into a folder changes its time.
+        for sub, mtime in reversed(folder_times):
+            with contextlib.suppress(SourceError):
+                self._set_time(sub, mtime)
+        return refusals
+
+    def _make_dir(self, rel: str) -> None:
+        """Create the folder ``rel``, whose parent exists (one request, not one per level)."""
+        unc = self.share._unc(self.path(rel))
+        what = f"creating {rel}"
+        self.guard(what, lambda: self.share._call(
+            what, functools.partial(self.share._mkdir, unc), retry=True))
+
+    def _upload(self, local: Path, rel: str) -> None:
+        self.guard(f"writing {rel}",
+                   lambda: self.share.write_stream(self.path(rel), _file_chunks(local)))
+
+    def _set_time(self, rel: str, mtime: float) -> None:
+        import smbclient
+
+        unc = self.share._unc(self.path(rel))
+
+        def utime() -> None:
+            smbclient.utime(unc, times=(mtime, mtime), **self.share._kwargs())
+
+        what = f"setting the time of {rel}"
+        self.guard(what, lambda: self.share._call(what, utime, retry=True))
+
+
+#: What SMB names cannot hold (MS-FSCC 2.1.5.2), besides control characters.
+_SMB_FORBIDDEN = frozenset('\\/:*?"<>|')
+#: Servers' answers that refuse one name (not the share): that entry is skipped.
+_NAME_REFUSED = frozenset(status_hex(s) for s in (
+    0xC0000033,  # OBJECT_NAME_INVALID
+    0xC0000039,  # OBJECT_PATH_INVALID
+    0xC000003B,  # OBJECT_PATH_SYNTAX_BAD
+    0xC0000106,  # NAME_TOO_LONG
+))
+
+
+def smb_name_problem(name: str) -> str | None:
+    """Why an SMB server cannot hold ``name`` (one file or folder name), or None.
+
+    Refused: the characters ``\\ / : * ? " < > |`` and control characters (MS-FSCC);
+    a trailing space or dot (Windows servers drop it, so the name would silently become
+    another); bytes that are not UTF-8 (SMB names are Unicode); more than 255 UTF-16
+    code units.
+    """
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "its bytes are not UTF-8 and SMB names are Unicode"
+    bad = sorted({c for c in name if c in _SMB_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"SMB names cannot hold {', '.join(shown(repr(c)) for c in bad)}"
+    if name.endswith((" ", ".")):
+        return "SMB servers drop a trailing space or dot, which would make it another name"
+    if len(name.encode("utf-16-le")) > 510:
+        return "SMB names are at most 255 UTF-16 code units"
+    return None
+
+
+def _file_chunks(path: Path, size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+class _SmbReader(io.RawIOBase):
+    """A file of an SMB source opened for reading; every request under the deadline."""
+
+    def __init__(self, source: SmbSource, handle: SMBFileIO, path: str) -> None:
+        self._source = source
+        self._handle = handle
+        self._path = path
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        share = self._source.share
+        count = self._source.guard(
+            f"reading {self._path}",
+            lambda: share._call(f"reading {self._path}",
+                                functools.partial(self._handle.readinto, view), connect=False),
+        )
+        return int(count or 0)
+
+    def describe(self) -> tuple[int, int, float]:
+        """(size, mode, mtime) of the open file, now, from the server."""
+
+        def query() -> tuple[int, float]:
+            with SMBFileTransaction(self._handle) as transaction:
+                query_info(transaction, FileStandardInformation)
+                query_info(transaction, FileBasicInformation)
+            standard, basic = transaction.results
+            filetime = int(basic["last_write_time"].get_value())
+            return (int(standard["end_of_file"].get_value()),
+                    (filetime - _EPOCH_FILETIME) / 10_000_000)
+
+        share = self._source.share
+        size, mtime = self._source.guard(
+            f"reading {self._path}",
+            lambda: share._call(f"reading {self._path}", query, connect=False),
+        )
+        return size, FILE_MODE, mtime
+
+    def close(self) -> None:
+        if not self.closed:
+            self._source.share._close_handle(self._handle, self._path)
+        super().close()

@@ -1,0 +1,1 @@
+"""A component's stream: tar, compression, encryption, and the chunking between."""
