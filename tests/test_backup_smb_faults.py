@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from infrabackup.alerts import Alert
-from infrabackup.backup import stamp_layout
 from infrabackup.catalog import list_backups
 from infrabackup.errors import (
     AuthenticationError,
@@ -28,6 +27,7 @@ from infrabackup.errors import (
 )
 from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
 from infrabackup.keys.provider import decryption_keyring
+from infrabackup.layout import stamp_layout
 from infrabackup.manifest import Manifest
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import prune

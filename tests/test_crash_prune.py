@@ -32,10 +32,9 @@ from typing import Any
 
 import pytest
 
-from infrabackup.backup import utcnow
 from infrabackup.catalog import list_backups
 from infrabackup.keys.provider import decryption_keyring
-from infrabackup.layout import format_timestamp
+from infrabackup.layout import format_timestamp, utcnow
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import plan_prune
 from infrabackup.retention import prune as run_prune

@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from infrabackup.backup import stamp_layout
 from infrabackup.errors import IntegrityError
 from infrabackup.keys.provider import decryption_keyring
 from infrabackup.keys.wrap import KeyRing
+from infrabackup.layout import stamp_layout
+from infrabackup.localfs import remove_tree
 from infrabackup.manifest import Manifest
 from infrabackup.restore import restore_backup, unlock, verify_backup
 from infrabackup.restore_sources import restore_to_sources
@@ -27,7 +28,7 @@ from infrabackup.settings import SourceSpec, load_settings
 from infrabackup.share import LocalShare
 from infrabackup.sources import DirectorySource, SourceEntry
 from infrabackup.sources.smb import SmbSource
-from infrabackup.stream.archive import ArchiveStats, extract_stream, remove_tree, tar_stream
+from infrabackup.stream.archive import ArchiveStats, extract_stream, tar_stream
 from infrabackup.stream.encryption import canonical_json, check_manifest_mac
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, stamp_with_sources, tree
 from tests.servers.samba import samba  # noqa: F401 - fixture

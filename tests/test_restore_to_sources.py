@@ -16,10 +16,11 @@ import pytest
 
 from infrabackup.errors import ConfigError, IntegrityError, RefusedError
 from infrabackup.manifest import Manifest
-from infrabackup.restore_sources import LocalTree, restore_to_sources, swap_blobs, swap_tree
+from infrabackup.restore_sources import restore_to_sources, swap_blobs, swap_tree
 from infrabackup.settings import load_settings
 from infrabackup.sources import SourceError
 from infrabackup.sources.blob import BlobSource
+from infrabackup.sources.directory import LocalTree
 from tests.helpers import Keys, Stamp, make_keys, write_random
 from tests.helpers import stamp_with_sources as _stamp
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures

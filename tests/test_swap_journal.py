@@ -22,12 +22,14 @@ import pytest
 
 from infrabackup.errors import RestoreTargetError, SourceBusyError
 from infrabackup.restore import restore_backup
-from infrabackup.restore_sources import LocalTree, swap_blobs, swap_tree
+from infrabackup.restore_sources import swap_blobs, swap_tree
 from infrabackup.settings import load_settings
 from infrabackup.sources import SourceError
-from infrabackup.sources.blob import BlobSource
+from infrabackup.sources.base import JOURNAL_FILE
+from infrabackup.sources.blob import BlobSite, BlobSource
+from infrabackup.sources.directory import LocalTree
 from infrabackup.staging import RESTORING_PREFIX, hold_new_folder, sweep
-from infrabackup.swap_journal import JOURNAL_FILE, BlobSite, recover_blobs, recover_source
+from infrabackup.swap_journal import recover_blobs, recover_source
 from tests.crash import cli
 from tests.helpers import Keys, make_keys, stamp_with_sources, write_random
 from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures

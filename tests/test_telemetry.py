@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from infrabackup.alerts import Alert
-from infrabackup.backup import stamp_layout
 from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
@@ -36,6 +35,7 @@ from infrabackup.errors import (
 )
 from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
 from infrabackup.keys.wrap import generate_certificate
+from infrabackup.layout import stamp_layout
 from infrabackup.manifest import Manifest
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share import LocalShare

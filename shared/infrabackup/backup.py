@@ -24,7 +24,6 @@ on success or partial success.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import threading
@@ -40,15 +39,19 @@ from infrabackup.errors import ConnectivityError, GeneralFault, InfraBackupError
 from infrabackup.keys.wrap import KeyWrapper
 from infrabackup.layout import (
     MANIFEST,
+    Clock,
     StampLayout,
     backup_id_or_none,
     format_timestamp,
     parse_timestamp,
+    stamp_layout,
+    utcnow,
 )
 from infrabackup.manifest import ComponentRecord, Manifest
 from infrabackup.names import shown
+from infrabackup.progress import NullProgress, Progress
 from infrabackup.settings import Settings, SourceSpec
-from infrabackup.share.base import PARTIAL_MARKER, Share, join, parent_and_name
+from infrabackup.share.base import PARTIAL_MARKER, Share, join, parent_and_name, remove_if_empty
 from infrabackup.sources import Source, SourceError, open_source
 from infrabackup.staging import sweep
 from infrabackup.stream.archive import ArchiveStats, tar_stream
@@ -65,46 +68,15 @@ from infrabackup.stream.encryption import (
     new_data_key,
     new_digest,
 )
+from infrabackup.swap_journal import recover_source, swap_pending
 
 log = logging.getLogger("infrabackup.backup")
-
-Clock = Callable[[], dt.datetime]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Progress(Protocol):
-    """Receives progress; the CLI draws a bar, the Functions log milestones."""
-
-    def start(self, total_bytes: int | None) -> None: ...
-
-    def component(self, name: str) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def finish(self) -> None: ...
 
 
 class Observer(Protocol):
     """Hooks for telemetry: one span per component."""
 
     def component(self, name: str) -> AbstractContextManager[object]: ...
-
-
-class NullProgress:
-    def start(self, total_bytes: int | None) -> None:
-        pass
-
-    def component(self, name: str) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 class NullObserver:
@@ -154,28 +126,17 @@ class BackupContext:
     def recover(self, spec: SourceSpec) -> None:
         """Finish or undo what an interrupted restore left in the source; SourceError when
         it must not be read now (see :func:`infrabackup.swap_journal.recover_source`)."""
-        from infrabackup.swap_journal import recover_source  # local: keeps SDKs off this import
-
         self.recovered.extend(recover_source(spec, self.settings))
 
     def swap_started(self, spec: SourceSpec) -> bool:
         """Whether a restore's swap record is in the source now (one started while it was
         read). Not being able to look is not a reason to fail what was read."""
-        from infrabackup.swap_journal import swap_pending
-
         try:
             return swap_pending(spec, self.settings)
         except InfraBackupError as exc:
             log.warning("component %s: could not look for a restore's swap: %s", spec.name,
                         exc.message)
             return False
-
-
-def stamp_layout(settings: Settings) -> StampLayout:
-    """The share layout of the configured stamp (domain and region required)."""
-    settings.require("BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION")
-    assert settings.external_domain and settings.region
-    return StampLayout(settings.external_domain, settings.region, settings.scale_unit)
 
 
 def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
@@ -497,8 +458,3 @@ def _remove_region_leftovers(share: Share, folder: str, finished: set[str]) -> l
             remove_if_empty(share, ts_path)
     return removed
 
-
-def remove_if_empty(share: Share, path: str) -> None:
-    """Remove the folder ``path`` if nothing is left in it."""
-    if share.stat(path) is not None and not share.list_dir(path):
-        share.remove_tree(path)

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infrabackup.backup import NullProgress, Progress
 from infrabackup.catalog import component_path, find_backup
 from infrabackup.errors import (
     ConfigError,
@@ -32,6 +31,7 @@ from infrabackup.errors import (
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import StampLayout
 from infrabackup.manifest import ComponentRecord, Manifest
+from infrabackup.progress import NullProgress, Progress
 from infrabackup.share.base import Share
 from infrabackup.staging import RESTORING_PREFIX, HeldFolder, hold_new_folder, sweep
 from infrabackup.stream.archive import extract_stream

@@ -39,12 +39,11 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from infrabackup.backup import remove_if_empty
 from infrabackup.catalog import UNREADABLE, Listing, component_path, list_backups
 from infrabackup.layout import MASBACKUP, StampLayout, backup_id_or_none, parse_timestamp
 from infrabackup.manifest import ComponentRecord, Manifest
 from infrabackup.settings import Settings, is_safe_name
-from infrabackup.share.base import PARTIAL_MARKER, Share, join
+from infrabackup.share.base import PARTIAL_MARKER, Share, join, remove_if_empty
 
 INCOMPLETE_SAFE_AGE = dt.timedelta(hours=1)
 

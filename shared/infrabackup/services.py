@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from infrabackup.backup import stamp_layout, utcnow
 from infrabackup.errors import ConfigError
 from infrabackup.jobs.job_queue import JobQueue
 from infrabackup.jobs.job_store import JobStore, StampClaim
 from infrabackup.jobs.maintenance import TableMaintenanceStore
 from infrabackup.jobs.storage import StorageAccount, stamp_key
-from infrabackup.layout import StampLayout
+from infrabackup.layout import StampLayout, stamp_layout, utcnow
 from infrabackup.settings import Secret, Settings, load_settings
 from infrabackup.share import Share, open_share
 from infrabackup.telemetry import NullTelemetry, Telemetry, configure_telemetry

@@ -21,7 +21,6 @@ import click
 
 from infrabackup import __version__
 from infrabackup.allocator import tune_allocator
-from infrabackup.backup import stamp_layout, utcnow
 from infrabackup.catalog import INCOMPLETE, find_backup, list_backups
 from infrabackup.errors import (
     EXIT_FAILED,
@@ -42,6 +41,7 @@ from infrabackup.jobs.maintenance import (
 )
 from infrabackup.keys.provider import decryption_keyring, require_decryption
 from infrabackup.keys.wrap import generate_certificate, generate_legacy_key
+from infrabackup.layout import stamp_layout, utcnow
 from infrabackup.manifest import Manifest
 from infrabackup.names import json_text
 from infrabackup.progress import progress_for

@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from infrabackup.backup import BackupContext, Clock, Progress, run_backup, stamp_layout, utcnow
+from infrabackup.backup import BackupContext, run_backup
 from infrabackup.errors import InfraBackupError, RefusedError
 from infrabackup.jobs.maintenance import MaintenanceStore, ShareMaintenanceStore, refuse_if_open
 from infrabackup.keys.provider import encryption_wrapper
 from infrabackup.keys.wrap import KeyWrapper
+from infrabackup.layout import Clock, stamp_layout, utcnow
 from infrabackup.manifest import Manifest
+from infrabackup.progress import Progress
 from infrabackup.settings import Settings
 from infrabackup.share.base import Share
 from infrabackup.telemetry import NullTelemetry, Telemetry

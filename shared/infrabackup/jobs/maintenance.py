@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from infrabackup.errors import ConfigError, RefusedError
 from infrabackup.inputs import load_json
-from infrabackup.layout import StampLayout
+from infrabackup.layout import StampLayout, stamp_layout
 from infrabackup.settings import Settings
 from infrabackup.share.base import Share, join
 
@@ -189,6 +189,4 @@ def open_maintenance_store(settings: Settings, share: Share) -> MaintenanceStore
 
 
 def _layout(settings: Settings) -> StampLayout:
-    from infrabackup.backup import stamp_layout  # local: backup imports this module's users
-
     return stamp_layout(settings)
