@@ -67,7 +67,7 @@ class Stamp:
         self.source = source
 
     def with_share(self, share_settings: Settings, **overrides: str) -> Settings:
-        return load_settings({**share_settings.raw, **self.stamp_env, **overrides})
+        return load_settings({**share_settings.given, **self.stamp_env, **overrides})
 
     def backup(self, settings: Settings | None = None) -> Manifest:
         settings = settings or self.good

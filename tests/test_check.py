@@ -25,7 +25,7 @@ def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {k: v for k, v in settings.raw.items() if k.startswith("BACKUP_")}
+    return {k: v for k, v in settings.given.items() if k.startswith("BACKUP_")}
 
 
 def test_check_probes_a_local_folder_and_reports_capacity(tmp_path: Path) -> None:

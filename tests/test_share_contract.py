@@ -102,7 +102,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             made.append(SmbShare.from_settings(settings))
             return made[-1]
 
-        spec = {"kind": "smb", "env": dict(settings.raw)}
+        spec = {"kind": "smb", "env": dict(settings.given)}
     try:
         yield Backend(request.param, make, spec)
     finally:

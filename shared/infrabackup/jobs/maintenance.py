@@ -179,11 +179,11 @@ class TableMaintenanceStore:
 def open_maintenance_store(settings: Settings, share: Share) -> MaintenanceStore:
     """The store the whole service agrees on: the job-record table when
     ``AzureWebJobsStorage`` is set (the Functions app's state), else the share's file."""
-    from infrabackup.jobs.storage import StorageAccount, stamp_key
+    from infrabackup.jobs.storage import stamp_key
 
     layout = _layout(settings)
-    if StorageAccount.configured(settings.raw):
-        account = StorageAccount.from_environ(settings.raw)
+    account = settings.storage_account()
+    if account is not None:
         return TableMaintenanceStore(account.table_client(), stamp_key(layout))
     return ShareMaintenanceStore(share, layout)
 

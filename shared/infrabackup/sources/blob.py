@@ -228,22 +228,20 @@ class BlobSource:
 def _service_client(spec: SourceSpec, settings: Settings) -> BlobServiceClient:
     """A client from the setting ``spec.connection`` names (see the module docstring)."""
     setting = spec.connection or ""
-    raw = settings.raw
+    creds = spec.credentials
     options: dict[str, Any] = {
         "retry_total": RETRIES,
         "connection_timeout": settings.share_timeout_seconds,
         "read_timeout": settings.share_timeout_seconds,
     }
-    value = raw.get(setting, "").strip()
+    value = creds.connection.reveal() if creds.connection else ""
     url = value if value.lower().startswith(("https://", "http://")) else ""
     if not value:
-        url = (raw.get(f"{setting}__blobServiceUri", "") or raw.get(f"{setting}__serviceUri", ""))
-        url = url.strip()
+        url = creds.service_url or ""
     if url:
         from azure.identity import DefaultAzureCredential
 
-        client_id = raw.get(f"{setting}__clientId", "").strip() or None
-        credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+        credential = DefaultAzureCredential(managed_identity_client_id=creds.client_id)
         return BlobServiceClient(url, credential=credential, **options)
     if not value:
         raise SourceError(

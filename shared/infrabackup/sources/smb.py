@@ -44,7 +44,7 @@ from infrabackup.errors import (
     PathError,
 )
 from infrabackup.names import shown
-from infrabackup.settings import Secret, Settings, SourceSpec, UncPath, parse_unc
+from infrabackup.settings import Settings, SourceSpec, UncPath, parse_unc
 from infrabackup.share.smb import (
     STATUS_ACCESS_DENIED,
     STATUS_OBJECT_NAME_NOT_FOUND,
@@ -95,14 +95,13 @@ class SmbSource:
         self.description = str(unc)
         self.base = "/".join(unc.folders)
         self.port = spec.port or 445
-        self._username = settings.raw.get(spec.username_setting or "", "").strip() or None
-        password = settings.raw.get(spec.password_setting or "", "")
+        self._username = spec.credentials.username
         # The share is opened at the SMB share's root so a restore can create the folder.
         self.share = SmbShare(
             UncPath(unc.host, unc.share, ()),
             port=self.port,
             username=self._username,
-            password=Secret(password) if password else None,
+            password=spec.credentials.password,
             timeout=settings.share_timeout_seconds,
         )
 
