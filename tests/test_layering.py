@@ -48,6 +48,9 @@ ALLOWED = {
     # The app's storage account is a setting (AzureWebJobsStorage): settings resolves it
     # with the parser that lives beside the storage clients (no SDK is imported by it).
     ("settings", "jobs/storage"),
+    # The one re-chunker lives with the stream's stages; the SMB pipe cuts its writes
+    # with it (it imports nothing but the standard library).
+    ("share/", "stream/chunks"),
 }
 
 FOUNDATION = ("errors", "alerts", "inputs", "names", "ncrontab", "versions", "localfs")

@@ -24,7 +24,7 @@ from smbprotocol.header import Commands
 
 from infrabackup.errors import ConnectivityError
 from infrabackup.share.smb import SmbShare, wire
-from infrabackup.share.smb.pipe import _Cutter
+from infrabackup.stream.chunks import Cutter
 from tests.servers.samba import (  # noqa: F401 - fixtures
     SambaServer,
     SambaVariants,
@@ -134,7 +134,7 @@ def test_transform_nonces_never_repeat_and_tampering_is_refused() -> None:
 
 def test_the_cutter_takes_exact_requests_without_copying() -> None:
     chunks = [b"a" * 5, b"b" * 7, b"", b"c" * 3]
-    cutter = _Cutter(chunks)
+    cutter = Cutter(chunks)
     pieces, got = cutter.take(6)
     assert got == 6 and b"".join(pieces) == b"aaaaab"
     assert all(isinstance(p, memoryview) for p in pieces)

@@ -54,14 +54,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from infrabackup.catalog import find_backup
 from infrabackup.errors import ConfigError, InfraBackupError, NotFoundError
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import StampLayout
 from infrabackup.localfs import remove_tree
 from infrabackup.manifest import ComponentRecord, Manifest
 from infrabackup.progress import NullProgress, Progress
-from infrabackup.restore import _select, restore_components, target_errors, unlock
+from infrabackup.restore import open_backup, restore_components, target_errors
 from infrabackup.settings import Settings, SourceSpec
 from infrabackup.share.base import Share
 from infrabackup.sources import open_blob_site, open_tree
@@ -87,7 +86,6 @@ from infrabackup.swap_journal import (
     roll_back_blobs,
     roll_back_tree,
 )
-from infrabackup.versions import check_restore_allowed
 
 __all__ = ["match_source", "restore_to_sources", "swap_blobs", "swap_tree"]
 
@@ -374,17 +372,16 @@ def restore_to_sources(
     finished or undone (:mod:`infrabackup.swap_journal`), and said so in ``recovered``.
     """
     progress = progress or NullProgress()
-    manifest = find_backup(share, layout, backup_id)
-    if target_version:
-        check_restore_allowed(manifest.stamp_version, target_version)
-    records = _select(manifest, component)
+    opened = open_backup(share, layout, backup_id, keyring, component=component,
+                         target_version=target_version)
+    manifest, records = opened.manifest, opened.records
     if not records:
         raise NotFoundError(f"backup {manifest.backup_id} has no component that succeeded.")
     specs = [match_source(settings, r) for r in records]
     token = uuid.uuid4().hex[:8]
     result = ToSourcesResult(manifest.backup_id)
     # One unwrap and one manifest check for every component, not one each.
-    data_key = unlock(manifest, keyring)
+    data_key = opened.unlock()
     result.recovered += sweep()
     holder = f"restore of backup {manifest.backup_id}"
     staged: list[_Staged] = []

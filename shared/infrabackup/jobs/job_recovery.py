@@ -19,7 +19,8 @@ records): a queue job's record belongs to its message, whose next delivery runs 
 again (:mod:`infrabackup.app.worker`) and whose poison handler ends it. Every such write is
 conditional on the ETag the record was read with, so a record its owner finished
 meanwhile is never overwritten. Nothing here touches the share's folders: what a dead run
-left is removed by the next backup, under the lock (:func:`infrabackup.backup.remove_interrupted`).
+left is removed by the next backup, under the lock
+(:func:`infrabackup.retention.remove_interrupted`).
 """
 
 from __future__ import annotations
