@@ -34,13 +34,7 @@ from infrabackup.retention import prune
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share import open_share
 from tests.helpers import Keys, make_keys, tree, write_random
-from tests.servers.samba import (  # noqa: F401 - fixtures
-    SambaServer,
-    SambaSet,
-    free_port,
-    samba,
-    samba_victim,
-)
+from tests.servers.samba import SambaServer, SambaSet, free_port
 
 TIMEOUT = 3.0
 
@@ -124,7 +118,7 @@ def source(tmp_path: Path) -> Path:
     ],
 )
 def test_settings_faults_alert_and_lose_nothing(
-    samba: SambaSet, keys: Keys, source: Path, tmp_path: Path,  # noqa: F811
+    samba: SambaSet, keys: Keys, source: Path, tmp_path: Path,
     fault: str, kind: type[InfraBackupError], alert: Alert,
 ) -> None:
     folder = f"faults-{fault.replace(' ', '-')}"
@@ -149,7 +143,7 @@ def test_settings_faults_alert_and_lose_nothing(
 
 
 def test_a_full_share_alerts_capacity_and_loses_nothing(
-    samba: SambaSet, keys: Keys, tmp_path: Path  # noqa: F811
+    samba: SambaSet, keys: Keys, tmp_path: Path
 ) -> None:
     source = tmp_path / "acs"
     write_random(source / "small.db", 256 * 1024, seed=2)
@@ -191,7 +185,7 @@ def _during_upload(server: SambaServer, action: Callable[[], None]) -> Iterator[
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
 def test_a_server_that_dies_or_hangs_mid_backup_alerts_connectivity_and_loses_nothing(
-    samba_victim: SambaServer, keys: Keys, tmp_path: Path, fault: str  # noqa: F811
+    samba_victim: SambaServer, keys: Keys, tmp_path: Path, fault: str
 ) -> None:
     source = tmp_path / "acs"
     write_random(source / "small.db", 256 * 1024, seed=4)

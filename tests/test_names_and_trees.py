@@ -31,8 +31,7 @@ from infrabackup.sources.smb import SmbSource
 from infrabackup.stream.archive import ArchiveStats, extract_stream, tar_stream
 from infrabackup.stream.encryption import canonical_json, check_manifest_mac
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, stamp_with_sources, tree
-from tests.servers.samba import samba  # noqa: F401 - fixture
-from tests.sources_helpers import SmbFolder, smb_folder  # noqa: F401 - fixture
+from tests.sources_helpers import SmbFolder
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "data" / "format1-legacy"
@@ -502,7 +501,7 @@ def _smb_source(tmp_path: Path, keys: Keys, folder: SmbFolder) -> tuple[Stamp, S
 
 
 def test_smb_upload_skips_names_smb_cannot_hold_and_uploads_the_rest(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     local = tmp_path / "staged"
     (local / "sub").mkdir(parents=True)
@@ -530,7 +529,7 @@ def test_smb_upload_skips_names_smb_cannot_hold_and_uploads_the_rest(
 
 
 def test_a_deep_smb_source_backs_up_and_restores_into_itself(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     leaf = _deep(smb_folder.local, 1100) / "leaf.txt"
     try:
