@@ -140,3 +140,37 @@ def test_the_package_is_imported_by_one_name_only() -> None:
             wrong += [f"{path.relative_to(PACKAGE)}: {n}" for n in names
                       if n == "shared" or n.startswith("shared.")]
     assert wrong == []
+
+
+def _outside_smb() -> list[Path]:
+    smb = PACKAGE / "share" / "smb"
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if smb not in p.parents]
+
+
+def test_smbprotocol_is_used_only_by_the_smb_share() -> None:
+    """Every smbprotocol call goes through share/smb/ (its privates through _compat.py):
+    the SMB source reads and writes with SmbShare's public verbs."""
+    wrong = []
+    for path in _outside_smb():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{path.relative_to(PACKAGE)}: {n}" for n in names
+                      if n.split(".")[0] in ("smbprotocol", "smbclient")]
+    assert wrong == []
+
+
+def test_no_room_reaches_into_a_share_s_private_members() -> None:
+    """``share._x`` outside share/smb/ would tie a caller to SmbShare's insides."""
+    wrong = []
+    for path in _outside_smb():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                continue
+            owner = node.value
+            name = (owner.attr if isinstance(owner, ast.Attribute)
+                    else owner.id if isinstance(owner, ast.Name) else "")
+            if name in ("share", "_share"):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}.{node.attr}")
+    assert wrong == []
