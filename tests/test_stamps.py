@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from infrabackup.app.fanout import due_occurrence, latest_occurrence
 from infrabackup.errors import ConfigError, NotFoundError
@@ -229,3 +232,41 @@ def test_the_cli_works_on_the_stamp_it_is_given_and_lists_all_stamps_in_one_tabl
     assert "Traceback" not in unknown.stderr
     bad = run(["--stamp", "NYC_prod", "list"], env)
     assert bad.returncode == 2 and "is not a stamp id" in bad.stderr
+
+
+# --- any input: one clear error, never a traceback -----------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+_stamp = st.fixed_dictionaries(
+    {"id": st.sampled_from(["a", "b-1", "default", "Bad", "", "x" * 64]),
+     "externalDomain": st.sampled_from(["contoso.com", "", "bad_domain", "K.com"]),
+     "region": st.sampled_from(["nyc", "sea", "", "-x"])},
+    optional={"settings": st.dictionaries(st.sampled_from(
+                  ["BACKUP_RETENTION_DAYS", "BACKUP_SCHEDULE", "BACKUP_SHARE_PASSWORD",
+                   "BACKUP_SOURCES", "AzureWebJobsStorage", "BACKUP_SHARE_PATH"]), _json,
+                  max_size=3),
+              "secretSettings": st.dictionaries(st.sampled_from(
+                  ["BACKUP_SHARE_PASSWORD", "BACKUP_REGION"]), _json, max_size=2),
+              "scaleUnit": _json, "extra": _json})
+
+
+@examples(max_examples=150, deadline=None)
+@given(value=st.one_of(st.text(max_size=40), _json.map(json.dumps),
+                       st.lists(_stamp, max_size=4).map(json.dumps)))
+def test_any_backup_stamps_is_a_fleet_or_one_config_error(value: str) -> None:
+    env = {"BACKUP_EXTERNAL_DOMAIN": "contoso.com", "BACKUP_REGION": "nyc",
+           "BACKUP_SHARE_PATH": "/srv/backups", "BACKUP_STAMPS": value}
+    try:
+        fleet = load_fleet(env)
+    except ConfigError as exc:
+        assert exc.message and "Traceback" not in exc.message
+        return
+    for stamp_id in fleet.ids:
+        try:
+            load_stamp_settings(env, stamp_id, fleet=fleet)
+        except ConfigError as exc:
+            assert exc.message
