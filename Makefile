@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest system-deps worker-venv bench infra-check clean
+.PHONY: demo test lint typecheck pytest system-deps worker-venv bench bench-fleet infra-check clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ infra-check:
 # The benchmark (not a test): infrabackup beside smbclient and restic, same data and share.
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
+# The fleet benchmark (not a test): 200 stamps x 2 backups/day on one app, against Azurite;
+# FLEET_ARGS="--stamps 50 --workers 4" to change it (docs/FLEET.md#sizing).
+bench-fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-worker .infrabackup-demo .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
 import azure.functions as func
 
 from infrabackup.allocator import tune_allocator
-from infrabackup.app import heartbeat, openapi, worker
+from infrabackup.app import fanout, openapi, worker
 from infrabackup.app import routes as api
 from infrabackup.app.app_logging import quiet_sdk_logging
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
@@ -35,7 +35,14 @@ def services() -> AppServices:
 @app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", run_on_startup=False,
                    use_monitor=True)
 def scheduled_backup(timer: func.TimerRequest) -> None:
-    heartbeat.run_tick(services(), past_due=timer.past_due)  # the run, then its heartbeat
+    fanout.run_app_tick(services(), past_due=timer.past_due)  # the run, then its heartbeat
+
+
+# A fleet (BACKUP_STAMPS): every minute, one job per due stamp (shared/infrabackup/app/fanout.py).
+@app.timer_trigger(arg_name="timer", schedule=fanout.FLEET_TICK, run_on_startup=False,
+                   use_monitor=True)
+def fleet_tick(timer: func.TimerRequest) -> None:
+    fanout.run_fleet_tick(services(), past_due=timer.past_due)
 
 
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")
@@ -89,6 +96,52 @@ def get_maintenance(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="prune", methods=["POST"], auth_level=FUNCTION)
 def prune(req: func.HttpRequest) -> func.HttpResponse:
     return api.prune(req, services())
+
+
+# The fleet: every stamp's routes under stamps/{stampId}; the ones above are stamp default.
+@app.route(route="stamps", methods=["GET"], auth_level=FUNCTION)
+def list_stamps(req: func.HttpRequest) -> func.HttpResponse:
+    return api.list_stamps(req, services())
+
+
+@app.route(route="stamps/{stampId}/backups", methods=["POST"], auth_level=FUNCTION)
+def start_stamp_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.start_backup, req, services())
+
+
+@app.route(route="stamps/{stampId}/backups", methods=["GET"], auth_level=FUNCTION)
+def list_stamp_backups(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.list_backups, req, services())
+
+
+@app.route(route="stamps/{stampId}/backups/{backupId}", methods=["GET"], auth_level=FUNCTION)
+def get_stamp_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.get_backup, req, services())
+
+
+@app.route(route="stamps/{stampId}/backup-configuration", methods=["GET"], auth_level=FUNCTION)
+def get_stamp_configuration(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.get_configuration, req, services())
+
+
+@app.route(route="stamps/{stampId}/maintenance", methods=["PUT"], auth_level=FUNCTION)
+def open_stamp_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.open_maintenance, req, services())
+
+
+@app.route(route="stamps/{stampId}/maintenance", methods=["DELETE"], auth_level=FUNCTION)
+def close_stamp_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.close_maintenance, req, services())
+
+
+@app.route(route="stamps/{stampId}/maintenance", methods=["GET"], auth_level=FUNCTION)
+def get_stamp_maintenance(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.get_maintenance, req, services())
+
+
+@app.route(route="stamps/{stampId}/prune", methods=["POST"], auth_level=FUNCTION)
+def prune_stamp(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.prune, req, services())
 
 
 @app.route(route="openapi.json", methods=["GET"], auth_level=FUNCTION)

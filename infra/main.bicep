@@ -68,6 +68,9 @@ param stampVersion string
 @description('BACKUP_SOURCES: the sources to back up, as the JSON array of the product brief.')
 param backupSources array
 
+@description('BACKUP_STAMPS: the fleet, further stamps this one app backs up beside the stamp above (default), as the JSON array of docs/FLEET.md: {id, externalDomain, region, scaleUnit?, stampVersion?, settings?, secretSettings?}; secrets only by the name of the app setting holding them (put those in extraAppSettings as Key Vault references). Empty: the one stamp above.')
+param stamps array = []
+
 @description('BACKUP_SCHEDULE: NCRONTAB expression of the backup timer (every 12 hours by default; 4 to 12 hours is the recommendation).')
 param backupSchedule string = '0 0 */12 * * *'
 
@@ -252,6 +255,7 @@ module functionApp 'app/function-app.bicep' = {
     encryptionCertificateName: encryptionCertificateName
     legacyEncryptionKeySecretUri: keyVault.outputs.legacyEncryptionKeySecretUri
     backupSources: backupSources
+    stamps: stamps
     backupSchedule: backupSchedule
     schedulerEnabled: schedulerEnabled
     staleAfterHours: backupStaleAfterHours
@@ -279,6 +283,7 @@ module alerts 'app/alerts.bicep' = {
     // that "No successful backup" watches it even when the app never sends anything.
     expectedStamps: [
       {
+        stampId: 'default'
         externalDomain: toLower(externalDomain)
         region: toLower(stampRegion)
         scaleUnit: scaleUnit

@@ -54,22 +54,24 @@ PATH = Alert.PATH.title
 
 @dataclass(frozen=True)
 class Stamp:
+    stamp_id: str
     domain: str
     region: str
     scale_unit: str = ""
 
     @property
     def dims(self) -> dict[str, str]:
-        return {"externalDomain": self.domain, "region": self.region,
+        return {"stampId": self.stamp_id, "externalDomain": self.domain, "region": self.region,
                 "scaleUnit": self.scale_unit}
 
     @property
     def key(self) -> str:
-        return "/".join(p for p in (self.domain, self.region, self.scale_unit) if p)
+        """What the rules split by: the stamp id of the fleet (stampOf)."""
+        return self.stamp_id
 
 
-NYC = Stamp("contoso.com", "nyc")
-BOS = Stamp("contoso.com", "bos", "s-cluster01")  # not in the deployment's list
+NYC = Stamp("default", "contoso.com", "nyc")
+BOS = Stamp("bos-prod", "contoso.com", "bos", "s-cluster01")  # not in the deployment's list
 DEPLOYED = [NYC.dims]
 
 
@@ -143,7 +145,7 @@ def test_every_query_in_infra_passes_the_language_service(
 ) -> None:
     queries = infra_queries()
     assert len([k for k in queries if k.startswith("rule:")]) == 6
-    assert len([k for k in queries if k.startswith("workbook:")]) == 9
+    assert len([k for k in queries if k.startswith("workbook:")]) == 10
     for name, query in queries.items():
         result = analysis[name]
         shown = [(d.code, d.message, d.where(query)) for d in result.problems]

@@ -211,6 +211,7 @@ def table_rows(azurite: str) -> list[dict[str, Any]]:
 EXPECTED = {
     # name: (trigger, route or queue or schedule, methods)
     "scheduled_backup": ("timerTrigger", "%BACKUP_SCHEDULE%", None),
+    "fleet_tick": ("timerTrigger", "0 * * * * *", None),
     "run_backup_job": ("queueTrigger", "infrabackup-jobs", None),
     "fail_poisoned_job": ("queueTrigger", "infrabackup-jobs-poison", None),
     "start_backup": ("httpTrigger", "backups", ["POST"]),
@@ -222,6 +223,16 @@ EXPECTED = {
     "get_maintenance": ("httpTrigger", "maintenance", ["GET"]),
     "prune": ("httpTrigger", "prune", ["POST"]),
     "get_openapi": ("httpTrigger", "openapi.json", ["GET"]),
+    "list_stamps": ("httpTrigger", "stamps", ["GET"]),
+    "start_stamp_backup": ("httpTrigger", "stamps/{stampId}/backups", ["POST"]),
+    "list_stamp_backups": ("httpTrigger", "stamps/{stampId}/backups", ["GET"]),
+    "get_stamp_backup": ("httpTrigger", "stamps/{stampId}/backups/{backupId}", ["GET"]),
+    "get_stamp_configuration": ("httpTrigger", "stamps/{stampId}/backup-configuration",
+                                ["GET"]),
+    "open_stamp_maintenance": ("httpTrigger", "stamps/{stampId}/maintenance", ["PUT"]),
+    "close_stamp_maintenance": ("httpTrigger", "stamps/{stampId}/maintenance", ["DELETE"]),
+    "get_stamp_maintenance": ("httpTrigger", "stamps/{stampId}/maintenance", ["GET"]),
+    "prune_stamp": ("httpTrigger", "stamps/{stampId}/prune", ["POST"]),
 }
 
 
@@ -853,3 +864,69 @@ def test_a_claim_left_behind_by_a_crash_does_not_block_the_stamp(
     assert "being queued" in post_backup().error(409, "Refused")
     leave_claim(ghost, dt.timedelta(hours=1))
     assert post_backup().status == 202
+
+
+# --- the fleet: an existing app that adds stamps -----------------------------------------
+
+
+def test_adding_backup_stamps_keeps_the_existing_records_at_the_old_routes(
+        stamp: Stamp, queue: QueueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        keys: Keys) -> None:
+    # Given a single-stamp app with a finished backup, and a message queued before the
+    # upgrade (no stampId in it).
+    first = post_backup().json["backupId"]
+    [message] = take_messages(queue)
+    deliver(message)
+    assert get_record(first)["status"] == "Succeeded"
+    old_style = json.loads(message.get_body())
+    old_style.pop("stampId")
+    second = post_backup().json["backupId"]
+    take_messages(queue)  # replaced by the pre-fleet form of the same message
+    body = json.dumps({**old_style, "backupId": second}).encode()
+
+    # When the app gets a fleet beside its own stamp.
+    sea = make_stamp(tmp_path / "sea", keys)
+    (sea.source_dir("ACS") / "sea.json").write_text("{}")
+    monkeypatch.setenv("BACKUP_STAMPS", json.dumps([{
+        "id": "sea-prod", "externalDomain": "contoso.com",
+        "region": f"s{stamp.env['BACKUP_REGION']}",
+        "settings": {"BACKUP_SHARE_PATH": sea.env["BACKUP_SHARE_PATH"],
+                     "BACKUP_SOURCES": sea.env["BACKUP_SOURCES"]}}]))
+
+    # Then the old routes are the stamp default, with its records, and so is its prefix.
+    old = call(function_app.list_backups, "GET", "backups").json["backups"]
+    assert [r["backupId"] for r in old] == [second, first]
+    prefixed = call(function_app.list_stamp_backups, "GET", "stamps/default/backups",
+                    route_params={"stampId": "default"}).json["backups"]
+    assert prefixed == old
+    assert get_record(first)["status"] == "Succeeded"
+    # The message queued before the upgrade runs as the stamp default.
+    function_app.run_backup_job(QueueMessage(id="m-old", body=body, dequeue_count=1))
+    assert get_record(second)["status"] == "Succeeded"
+
+    stamps = call(function_app.list_stamps, "GET", "stamps").json["stamps"]
+    assert [s["id"] for s in stamps] == ["default", "sea-prod"]
+    assert stamps[0]["lastBackup"]["backupId"] == second and stamps[1]["lastBackup"] is None
+
+    # A stamp's routes: its own records, Location under its prefix; unknown stamp 404.
+    queued = call(function_app.start_stamp_backup, "POST", "stamps/sea-prod/backups",
+                  route_params={"stampId": "sea-prod"})
+    assert queued.status == 202, queued.text
+    sea_id = queued.json["backupId"]
+    assert queued.headers["Location"] == f"{HOST}/api/stamps/sea-prod/backups/{sea_id}"
+    [sea_message] = take_messages(queue)
+    assert json.loads(sea_message.get_body())["stampId"] == "sea-prod"
+    deliver(sea_message)
+    record = call(function_app.get_stamp_backup, "GET", f"stamps/sea-prod/backups/{sea_id}",
+                  route_params={"stampId": "sea-prod", "backupId": sea_id})
+    assert record.status == 200 and record.json["status"] == "Succeeded"
+    assert record.json["stampId"] == "sea-prod"
+    assert list((Path(sea.env["BACKUP_SHARE_PATH"]) / "contoso.com").glob("*/MASBackup/*/*"))
+    assert sea_id not in [r["backupId"] for r in
+                          call(function_app.list_backups, "GET", "backups").json["backups"]]
+    config = call(function_app.get_stamp_configuration, "GET",
+                  "stamps/sea-prod/backup-configuration", route_params={"stampId": "sea-prod"}).json
+    assert config["stamp"]["id"] == "sea-prod"
+    missing = call(function_app.get_stamp_maintenance, "GET", "stamps/nope/maintenance",
+                   route_params={"stampId": "nope"})
+    assert missing.status == 404 and "No stamp 'nope'" in missing.json["error"]["message"]

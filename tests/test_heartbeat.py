@@ -227,8 +227,9 @@ def test_the_rules_over_what_the_exporter_sent(app: App, tmp_path: Path) -> None
     assert names.count(SUCCESS_EVENT) == 1 and names.count(ALERT_EVENT) == 1
     assert names.count(HEARTBEAT_EVENT) == 2
 
-    stamp = {"externalDomain": "contoso.com", "region": app.region, "scaleUnit": ""}
-    key = f"contoso.com/{app.region}"
+    stamp = {"stampId": "default", "externalDomain": "contoso.com", "region": app.region,
+             "scaleUnit": ""}
+    key = "default"  # the stamp id: what the rules split by (stampOf)
     alert = next(e for e in events if e.name == ALERT_EVENT).properties["alertName"]
     queries = {"stale": rule_query("stale", expected_stamps=[stamp]),
                "failed": rule_query("failed", alert_name=alert)}

@@ -393,10 +393,11 @@ def test_a_sixth_rule_fires_when_no_backup_succeeded_and_carries_its_text(
     criterion = props["criteria"]["allOf"][0]
     assert criterion["dimensions"][0]["name"] == "stamp"
     assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
-    stamp = {"externalDomain": "contoso.com", "region": "nyc", "scaleUnit": "s-cluster01"}
+    stamp = {"stampId": "default", "externalDomain": "contoso.com", "region": "nyc",
+             "scaleUnit": "s-cluster01"}
     settings = load_settings(function_app_settings(bicep, params))
-    assert {"externalDomain": settings.external_domain, "region": settings.region,
-            "scaleUnit": settings.scale_unit} == stamp  # what the app's events will say
+    assert {"stampId": settings.stamp_id, "externalDomain": settings.external_domain,
+            "region": settings.region, "scaleUnit": settings.scale_unit} == stamp  # as sent
     assert evaluate(criterion["query"], scope) == rule_query(
         "stale", expected_stamps=[stamp], stale_after_hours=threshold(settings).hours)
 

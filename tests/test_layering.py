@@ -35,6 +35,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "staleness": TOP,
     "settings": ("share/", "sources/", "stream/", "keys/", "app/", "cli/", "services",
                  *ENGINE),
+    # The fleet is settings: one stamp's settings are the app's with its own laid over them.
+    "stamps": ("share/", "sources/", "stream/", "keys/", "catalog", "manifest", *ENGINE, *TOP),
     # The engine: one backup, one restore, retention; never the job machinery above.
     **{room: TOP for room in ENGINE},
     "jobs/": ("services", "app/", "cli/"),

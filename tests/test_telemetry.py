@@ -194,13 +194,15 @@ def test_a_successful_backup_sends_the_success_event_metrics_and_a_span_per_comp
         "backupId": result.backup_id, "externalDomain": "contoso.com", "region": "nyc",
         "scaleUnit": "s-cluster01", "sharePath": share_path, "status": "Succeeded",
         "sizeBytes": str(manifest.size_bytes), "stampVersion": "1.2408.1.50", "warnings": "",
+        "stampId": "default",
     }
     assert float(event["durationSeconds"]) == pytest.approx(manifest.duration_seconds, abs=1e-3)
     assert manifest.size_bytes > 16 * MiB
     assert ingestion.event_properties(ALERT_EVENT, mark, backupId=result.backup_id) == []
 
     # The metrics: one point each, for this stamp, with the manifest's numbers.
-    stamp = {"externalDomain": "contoso.com", "region": "nyc", "scaleUnit": "s-cluster01"}
+    stamp = {"stampId": "default", "externalDomain": "contoso.com", "region": "nyc",
+             "scaleUnit": "s-cluster01"}
     duration = one(ingestion.metric_points(METRIC_DURATION, mark), "duration point")
     assert duration["properties"] == {**stamp, "result": "Succeeded"}
     assert duration["count"] == 1
@@ -346,12 +348,14 @@ def test_each_alert_sends_exactly_one_alert_event_with_the_seed_text_and_fault_c
         "faultCode": fault.fault_code,
         "errorCode": fault.error.code,
         "retryable": "true" if fault.retryable else "false",
+        "stampId": "default",
     }
     assert event["sharePath"].startswith(r"\\127.0.0.1")
     assert ingestion.events(SUCCESS_EVENT, mark) == []
     assert len(ingestion.events(ALERT_EVENT, mark)) == 1, "one failed backup, one alert"
 
-    stamp = {"externalDomain": "contoso.com", "region": "nyc", "scaleUnit": "s-cluster01"}
+    stamp = {"stampId": "default", "externalDomain": "contoso.com", "region": "nyc",
+             "scaleUnit": "s-cluster01"}
     outcome = one(ingestion.metric_points(METRIC_RESULT, mark), "result point")
     assert outcome["value"] == 1
     assert outcome["properties"] == {**stamp, "result": "Failed", "alert": fault.alert.title}

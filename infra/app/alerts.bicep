@@ -52,7 +52,7 @@ param evaluationFrequency string = 'PT15M'
 @description('Look-back window of the query (ISO 8601, at most P2D). Longer than the backup interval, so the latest backup of each stamp is always in view.')
 param windowSize string = 'P2D'
 
-@description('The stamps the deployment backs up, as objects {externalDomain, region, scaleUnit} (lower-case domain and region, as the app sends them). "No successful backup" watches each of them even when nothing at all arrives.')
+@description('The stamps the deployment backs up, as objects {stampId, externalDomain, region, scaleUnit} (lower-case domain and region, as the app sends them). "No successful backup" watches each of them even when nothing at all arrives.')
 param expectedStamps array
 
 @description('Hours without a successful backup after which "No successful backup" fires, until a stamp\'s heartbeat reports its own BACKUP_STALE_AFTER_HOURS (1-48).')

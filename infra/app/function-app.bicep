@@ -98,6 +98,9 @@ param legacyEncryptionKeySecretUri string = ''
 @description('BACKUP_SOURCES: the sources to back up, as the JSON array of the brief.')
 param backupSources array
 
+@description('BACKUP_STAMPS: the fleet beside the stamp of the settings above (docs/FLEET.md); empty: that one stamp.')
+param stamps array = []
+
 @description('BACKUP_SCHEDULE: NCRONTAB expression of the backup timer.')
 param backupSchedule string = '0 0 */12 * * *'
 
@@ -158,6 +161,7 @@ var appSettings = {
   BACKUP_DECRYPTION_CERT: ''
   BACKUP_DECRYPTION_CERT_PASSWORD: ''
   BACKUP_SOURCES: string(backupSources)
+  BACKUP_STAMPS: empty(stamps) ? '' : string(stamps)
   BACKUP_SCHEDULE: backupSchedule
   BACKUP_SCHEDULER_ENABLED: schedulerEnabled ? 'true' : 'false'
   BACKUP_STALE_AFTER_HOURS: (staleAfterHours > 0) ? string(staleAfterHours) : ''

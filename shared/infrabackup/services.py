@@ -2,6 +2,10 @@
 works with — settings, the stamp's share, job records, claim, maintenance state and
 queue — built lazily from the app settings (and the CLI's ``--settings`` file).
 
+An :class:`AppServices` is one stamp's (``stamp_id``, default ``default``: the app's own
+settings); :meth:`AppServices.for_stamp` gives another stamp's, sharing the environment,
+telemetry and clock (:mod:`infrabackup.stamps` says how a stamp's settings are made).
+
 Nothing here is built at import time or cached across invocations (app settings can
 change between them); building never raises. The first use of a part raises its
 :class:`~infrabackup.errors.ConfigError` (a bad setting) or storage error inside the handler
@@ -14,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -24,8 +28,9 @@ from infrabackup.jobs.job_store import JobStore, StampClaim
 from infrabackup.jobs.maintenance import TableMaintenanceStore
 from infrabackup.jobs.storage import StorageAccount, stamp_key
 from infrabackup.layout import StampLayout, stamp_layout, utcnow
-from infrabackup.settings import Secret, Settings, load_settings, read_settings_file
+from infrabackup.settings import DEFAULT_STAMP, Secret, Settings, load_settings, read_settings_file
 from infrabackup.share import Share, open_share
+from infrabackup.stamps import Fleet, load_fleet, load_stamp_settings
 from infrabackup.telemetry import NullTelemetry, Telemetry, configure_telemetry
 
 if TYPE_CHECKING:
@@ -59,6 +64,8 @@ class AppServices:
     telemetry: Telemetry = field(default_factory=NullTelemetry)
     clock: Callable[[], dt.datetime] = utcnow
     share_opener: Callable[[Settings], Share] = open_share
+    stamp_id: str = DEFAULT_STAMP
+    known_fleet: Fleet | None = field(default=None, repr=False)  # parsed once per invocation
     _share: Share | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> AppServices:
@@ -66,6 +73,19 @@ class AppServices:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def for_stamp(self, stamp_id: str) -> AppServices:
+        """The services of stamp ``stamp_id`` (nothing built yet; an unknown stamp raises
+        NotFoundError at first use of its settings)."""
+        try:
+            known: Fleet | None = self.fleet
+        except ConfigError:
+            known = None  # raised again where the stamp's settings are used
+        return replace(self, stamp_id=stamp_id, known_fleet=known)
+
+    @cached_property
+    def fleet(self) -> Fleet:
+        return self.known_fleet if self.known_fleet is not None else load_fleet(self.env)
 
     @cached_property
     def env(self) -> Mapping[str, str]:
@@ -77,7 +97,7 @@ class AppServices:
 
     @cached_property
     def settings(self) -> Settings:
-        return load_settings(self.env)
+        return load_stamp_settings(self.env, self.stamp_id, fleet=self.fleet)
 
     @cached_property
     def layout(self) -> StampLayout:

@@ -48,6 +48,8 @@ SOURCE_TYPES = ("directory", "smb", "blob")
 SOURCE_SCOPES = ("backup", "region")
 COMPRESSIONS = ("none", "zstd")
 DEFAULT_SCHEDULE = "0 0 */12 * * *"
+#: The stamp of the app's own (single-stamp) settings; infrabackup.stamps adds the others.
+DEFAULT_STAMP = "default"
 #: What the service keeps beside MASBackup in the region folder, where region-scoped
 #: sources are stored too (infrabackup.layout.MASBACKUP, LOCK_FILE, infrabackup.jobs.maintenance's
 #: file): a source named so would mix its data with them. Compared ignoring case, as
@@ -177,6 +179,7 @@ class Settings:
     stale_after_hours: int | None = None  # None: derived from the schedule (infrabackup.staleness)
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
+    stamp_id: str = DEFAULT_STAMP  # which stamp of the fleet (infrabackup.stamps)
     #: The app's storage account (``AzureWebJobsStorage`` in either form); None when not
     #: set. Use :meth:`storage_account`, which raises a deferred setting error.
     storage: StorageAccount | None = field(default=None, repr=False, compare=False)
@@ -459,6 +462,16 @@ def _is_dns_name(name: str) -> bool:
     if len(name) > 253:
         return False
     return all(_DNS_LABEL_RE.fullmatch(label) for label in name.split("."))
+
+
+def is_dns_name(name: str) -> bool:
+    """Whether ``name`` is an ASCII DNS name (BACKUP_EXTERNAL_DOMAIN's rule)."""
+    return _is_dns_name(name)
+
+
+def is_dns_label(name: str) -> bool:
+    """Whether ``name`` is one ASCII DNS label (BACKUP_REGION's rule)."""
+    return bool(_DNS_LABEL_RE.fullmatch(name))
 
 
 def is_safe_name(name: str) -> bool:

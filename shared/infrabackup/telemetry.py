@@ -50,12 +50,12 @@ HEARTBEAT_EVENT = "InfrastructureBackupHeartbeat"
 #: ``infra/`` query these names: renaming one breaks them.
 ALERT_PROPERTIES = (
     "alertName", "description", "remediation", "severity", "backupId", "externalDomain",
-    "region", "scaleUnit", "sharePath", "faultCode", "errorCode", "retryable",
+    "region", "scaleUnit", "sharePath", "faultCode", "errorCode", "retryable", "stampId",
 )
 #: The customDimensions of :data:`SUCCESS_EVENT`.
 SUCCESS_PROPERTIES = (
     "backupId", "externalDomain", "region", "scaleUnit", "sharePath", "status", "sizeBytes",
-    "durationSeconds", "stampVersion", "warnings",
+    "durationSeconds", "stampVersion", "warnings", "stampId",
 )
 
 #: The customDimensions of :data:`HEARTBEAT_EVENT` (the alert rules and the workbook query
@@ -64,7 +64,7 @@ HEARTBEAT_PROPERTIES = (
     "externalDomain", "region", "scaleUnit", "tick", "reason", "backupId", "pastDue",
     "schedule", "nextDueUtc", "schedulerEnabled", "maintenanceOpen", "maintenanceOperation",
     "maintenanceSinceUtc", "staleAfterHours", "lastSuccessUtc", "lastBackupId",
-    "lastBackupStatus", "lastBackupAlertName", "version",
+    "lastBackupStatus", "lastBackupAlertName", "version", "stampId",
 )
 
 #: Azure Monitor severities by name (Sev0 ... Sev4), as alert rules number them.
@@ -146,9 +146,11 @@ class NullTelemetry:
 
 
 def stamp_dimensions(settings: Settings) -> dict[str, str]:
-    """externalDomain, region, scaleUnit ("" when unset: the exporter drops absent values,
-    and the rules build the stamp key from all three)."""
+    """stampId (the stamp of the fleet: the alert rules and the workbook split by it),
+    externalDomain, region, scaleUnit ("" when unset: the exporter drops absent values).
+    Every event and every metric carries them."""
     return {
+        "stampId": settings.stamp_id,
         "externalDomain": settings.external_domain or "",
         "region": settings.region or "",
         "scaleUnit": settings.scale_unit or "",

@@ -67,7 +67,7 @@ def heartbeat_properties(services: AppServices, run: ScheduledRun | None,
     settings = _read(lambda: services.settings, None)
     props: dict[str, str] = {
         **(stamp_dimensions(settings) if settings is not None
-           else _stamp_from_environ(services.environ)),
+           else _stamp_from_environ(services)),
         "tick": run.status if run is not None else "Failed",
         "reason": (run.reason or "") if run is not None else _reason(error),
         "backupId": run.backup_id if run is not None else "",
@@ -113,9 +113,14 @@ def _reason(error: BaseException | None) -> str:
     return type(error).__name__ if error is not None else ""
 
 
-def _stamp_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+def _stamp_from_environ(services: AppServices) -> dict[str, str]:
     """The stamp as the settings would give it, when they do not load."""
-    return {"externalDomain": environ.get("BACKUP_EXTERNAL_DOMAIN", "").strip().lower(),
+    environ: Mapping[str, str] = services.environ
+    spec = _read(lambda: services.fleet.get(services.stamp_id), None)
+    if spec is not None and spec.id != "default":
+        environ = spec.environ(environ)
+    return {"stampId": services.stamp_id,
+            "externalDomain": environ.get("BACKUP_EXTERNAL_DOMAIN", "").strip().lower(),
             "region": environ.get("BACKUP_REGION", "").strip().lower(),
             "scaleUnit": environ.get("BACKUP_SCALE_UNIT", "").strip()}
 

@@ -10,11 +10,18 @@ PUT     /api/maintenance            open the update/FRU window
 DELETE  /api/maintenance            close it
 GET     /api/maintenance            read it
 POST    /api/prune?dryRun=true      what retention would delete (dryRun=false deletes)
+GET     /api/stamps                 the fleet: every stamp, its place and its latest job
 ======  ==========================  ========================================================
+
+Each route of a stamp is also at ``/api/stamps/{stampId}/...`` (backups, backups/{backupId},
+backup-configuration, maintenance, prune); the routes above without the prefix are the
+stamp ``default`` (the app's own settings), as they were before the fleet. An unknown
+stamp is a 404 (:func:`in_stamp`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -22,6 +29,7 @@ import azure.functions as func
 from infrabackup.app.http_json import (
     BadRequest,
     bool_param,
+    failure_response,
     handle,
     int_param,
     json_body,
@@ -43,6 +51,26 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_NOTE = 200
 _NO_PARAMS: frozenset[str] = frozenset()
+_ENDED = frozenset({"Succeeded", "PartialSucceeded", "Failed"})
+
+
+Route = Callable[[func.HttpRequest, AppServices], func.HttpResponse]
+
+
+def in_stamp(route: Route, req: func.HttpRequest, services: AppServices) -> func.HttpResponse:
+    """``route`` for the stamp the path names (``{stampId}``): 404 when the fleet has no such
+    stamp, 500 when BACKUP_STAMPS itself is wrong."""
+    stamp_id = req.route_params.get("stampId", "")
+    try:
+        services.fleet.get(stamp_id)
+    except InfraBackupError as exc:
+        return failure_response(exc)
+    return route(req, services.for_stamp(stamp_id))
+
+
+def _base(req: func.HttpRequest, services: AppServices) -> str:
+    """The path the request's routes are under: /api/stamps/<id> or /api (stamp default)."""
+    return f"/api/stamps/{services.stamp_id}" if "stampId" in req.route_params else "/api"
 
 
 def _principal(req: func.HttpRequest, fallback: str = "api") -> str:
@@ -68,8 +96,9 @@ def start_backup(req: func.HttpRequest, services: AppServices) -> func.HttpRespo
             backup_id = submit_backup(
                 jobs=services.jobs, claim=services.claim, queue=services.queue,
                 maintenance=services.maintenance, trigger="http", clock=services.clock,
-                fields={"note": note, "requestedBy": _principal(req)})
-        location = url_for(req, f"/api/backups/{backup_id}")
+                fields={"note": note, "requestedBy": _principal(req)},
+                stamp_id=services.stamp_id)
+        location = url_for(req, f"{_base(req, services)}/backups/{backup_id}")
         return json_response(202, {"backupId": backup_id, "status": "Queued",
                                    "location": location}, headers={"Location": location})
 
@@ -90,7 +119,7 @@ def list_backups(req: func.HttpRequest, services: AppServices) -> func.HttpRespo
                 raise BadRequest(exc.message, target="continuationToken") from None
         records, last = services.jobs.page(limit, after)
         token = encode_token(last) if last else None
-        next_link = url_for(req, "/api/backups",
+        next_link = url_for(req, f"{_base(req, services)}/backups",
                             {"limit": str(limit), "continuationToken": token}) if token else None
         return json_response(200, {"backups": records, "continuationToken": token,
                                    "nextLink": next_link})
@@ -112,11 +141,42 @@ def get_backup(req: func.HttpRequest, services: AppServices) -> func.HttpRespons
                              "them).", target="backupId", code="InvalidBackupId") from None
         record = services.jobs.get(backup_id)
         if record is None:
-            raise NotFoundError(f"No backup job {backup_id} for this stamp. GET /api/backups "
-                                "lists them.")
+            raise NotFoundError(f"No backup job {backup_id} for this stamp. GET "
+                                f"{_base(req, services)}/backups lists them.")
         return json_response(200, record)
 
     return handle(work)
+
+
+# --- the fleet ---------------------------------------------------------------------------
+
+
+def list_stamps(req: func.HttpRequest, services: AppServices) -> func.HttpResponse:
+    """GET /api/stamps — every stamp of the fleet, with its latest finished job. A stamp
+    whose settings are wrong is listed with the error (the others are unaffected)."""
+
+    def work() -> func.HttpResponse:
+        query(req, _NO_PARAMS)
+        return json_response(200, {"stamps": [_stamp_summary(req, services.for_stamp(i))
+                                              for i in services.fleet.ids]})
+
+    return handle(work)
+
+
+def _stamp_summary(req: func.HttpRequest, stamp: AppServices) -> dict[str, Any]:
+    base = f"/api/stamps/{stamp.stamp_id}"
+    out: dict[str, Any] = {"id": stamp.stamp_id, "links": {
+        "backups": url_for(req, f"{base}/backups"),
+        "configuration": url_for(req, f"{base}/backup-configuration")}}
+    try:
+        settings = stamp.settings
+        out.update(externalDomain=settings.external_domain, region=settings.region,
+                   scaleUnit=settings.scale_unit, schedule=settings.schedule,
+                   schedulerEnabled=settings.scheduler_enabled,
+                   lastBackup=_brief(stamp.jobs.latest(_ENDED)))
+    except InfraBackupError as exc:
+        out["error"] = {"code": exc.code, "message": exc.message}
+    return out
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -145,7 +205,8 @@ def get_configuration(req: func.HttpRequest, services: AppServices) -> func.Http
         window = services.maintenance.current()
         return json_response(200, {
             "settings": settings.masked(),
-            "stamp": {"externalDomain": layout.domain, "region": layout.region,
+            "stamp": {"id": settings.stamp_id, "externalDomain": layout.domain,
+                      "region": layout.region,
                       "scaleUnit": layout.scale_unit, "version": settings.stamp_version},
             "share": share,
             "schedule": {"expression": settings.schedule,

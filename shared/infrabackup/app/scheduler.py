@@ -62,14 +62,15 @@ def run_scheduled(services: AppServices, past_due: bool = False) -> ScheduledRun
                 backup_id = submit_backup(
                     jobs=jobs, claim=services.claim, queue=services.queue,
                     maintenance=services.maintenance, trigger="schedule",
-                    clock=services.clock, fields={"pastDue": past_due or None})
+                    clock=services.clock, fields={"pastDue": past_due or None},
+                    stamp_id=services.stamp_id)
             except RefusedError as exc:
                 reason = exc.message
             else:
                 return ScheduledRun(backup_id, "Queued")
         backup_id = str(uuid.uuid4())
         jobs.create(backup_id, status="Skipped", trigger="schedule", stamp=jobs.stamp,
-                    reason=reason, completedUtc=services.clock().isoformat(),
-                    pastDue=past_due or None)
+                    stampId=services.stamp_id, reason=reason,
+                    completedUtc=services.clock().isoformat(), pastDue=past_due or None)
         log.info("scheduled backup skipped (%s): %s", backup_id, reason)
         return ScheduledRun(backup_id, "Skipped", reason)

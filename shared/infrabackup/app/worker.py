@@ -91,9 +91,11 @@ def process_message(
     poll = LOCK_POLL_SECONDS if poll is None else poll
     with services:
         opened = _open_job(services, body, message_id, dequeue_count)
-        if isinstance(opened, str):
-            return opened
-        job, jobs, claim = opened
+    if isinstance(opened, str):
+        return opened
+    job, jobs, claim = opened
+    # The job runs with its own stamp's settings, share and window (the message names it).
+    with services.for_stamp(job.stamp_id) as services:
         jobs.update(job.backup_id, lastDeliveryUtc=services.clock().isoformat(),
                     deliveryCount=dequeue_count, messageId=message_id)
         token = new_run_token()
@@ -126,7 +128,7 @@ def _open_job(services: AppServices, body: bytes, message_id: str, dequeue_count
     if record is None:
         log.warning("job %s has no record (queued by hand?); recording it", job.backup_id)
         record = jobs.create(job.backup_id, status="Queued", trigger=job.trigger,
-                             stamp=job.stamp)
+                             stamp=job.stamp, stampId=job.stamp_id)
     if record["status"] in FINISHED:
         log.info("job %s is already %s; message %s (delivery %d) is a duplicate",
                  job.backup_id, record["status"], message_id, dequeue_count)
@@ -339,9 +341,10 @@ def fail_poisoned(services: AppServices, body: bytes, *, message_id: str,
     redeliveries): that run ends the job itself."""
     with services:
         opened = _open_job(services, body, message_id, dequeue_count)
-        if isinstance(opened, str):
-            return opened
-        job, jobs, claim = opened
+    if isinstance(opened, str):
+        return opened
+    job, jobs, claim = opened
+    with services.for_stamp(job.stamp_id) as services:
         error = GeneralFault(
             f"The job's queue message was delivered {dequeue_count} time(s) without the job "
             "finishing and was moved to the poison queue. Every delivery is in the "

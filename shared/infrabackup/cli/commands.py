@@ -47,10 +47,11 @@ from infrabackup.progress import progress_for
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import prune as run_prune
 from infrabackup.services import AppServices
-from infrabackup.settings import DEFAULT_SCHEDULE, Settings
+from infrabackup.settings import DEFAULT_SCHEDULE, DEFAULT_STAMP, Settings
 from infrabackup.share import open_share
 from infrabackup.share.probe import check_share
 from infrabackup.staleness import describe, freshness
+from infrabackup.stamps import STAMP_ID_RE
 from infrabackup.telemetry import configure_telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +74,14 @@ def checked_path(_ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def _checked_stamp(param: click.Parameter, value: str) -> str:
+    if not STAMP_ID_RE.fullmatch(value):
+        raise click.BadParameter(f"{quote(value, 70)} is not a stamp id (a lowercase DNS label, "
+                                 "e.g. nyc-prod; 'infrabackup list --all-stamps' shows them).",
+                                 param=param)
+    return value
+
+
 def runtime() -> AppServices:
     """This invocation's parts (:mod:`infrabackup.services`): settings loaded once, the
     share opened once and closed when the command ends."""
@@ -86,10 +95,15 @@ def runtime() -> AppServices:
     "--settings", "settings_file", metavar="FILE",
     help="A local.settings.json whose Values are used (they win over the environment).",
 )
+@click.option(
+    "--stamp", "stamp_id", metavar="ID", default=DEFAULT_STAMP, show_default=True,
+    callback=lambda _c, p, v: _checked_stamp(p, v),
+    help="The stamp of the fleet (BACKUP_STAMPS) to work on; default: the app's own settings.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 @click.version_option(__version__, prog_name="infrabackup")
 @click.pass_context
-def cli(ctx: click.Context, settings_file: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, settings_file: str | None, stamp_id: str, verbose: bool) -> None:
     """Infrastructure Backup Service: encrypted backups of control-plane state to a share.
 
     Settings come from the environment (or --settings FILE); see the README's table.
@@ -100,7 +114,7 @@ def cli(ctx: click.Context, settings_file: str | None, verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    runtime_ = AppServices(settings_file=settings_file)
+    runtime_ = AppServices(settings_file=settings_file, stamp_id=stamp_id)
     ctx.obj = runtime_
     ctx.call_on_close(runtime_.close)
 
@@ -314,12 +328,13 @@ def backup(as_json: bool) -> int:
 # --- list / show -------------------------------------------------------------------------
 
 
-def _job_store() -> Any:
-    """The Functions app's job records when AzureWebJobsStorage is set, else None."""
+def _job_store(rt: AppServices | None = None) -> Any:
+    """The Functions app's job records (of ``rt``'s stamp, default the command's) when
+    AzureWebJobsStorage is set, else None."""
     from infrabackup.jobs.job_store import JobStore
     from infrabackup.jobs.storage import stamp_key
 
-    settings = runtime().settings
+    settings = (rt or runtime()).settings
     account = settings.storage_account()
     if account is None:
         return None
@@ -340,10 +355,14 @@ def _end_interrupted_records(jobs: Any) -> None:
 
 
 @cli.command("list")
+@click.option("--all-stamps", is_flag=True,
+              help="Every stamp of the fleet in one table (a STAMP column first).")
 @json_option
-def list_command(as_json: bool) -> int:
+def list_command(all_stamps: bool, as_json: bool) -> int:
     """The backups newest first: the Functions app's job records when AzureWebJobsStorage
     is set, otherwise the share's manifests."""
+    if all_stamps:
+        return _list_all_stamps(as_json)
     rt = runtime()
     jobs = _job_store()
     if jobs is not None:
@@ -380,6 +399,42 @@ def list_command(as_json: bool) -> int:
         lines = ["No backups yet."]
     emit(as_json, data, "\n".join(lines))
     return EXIT_OK
+
+
+def _list_all_stamps(as_json: bool) -> int:
+    """``list --all-stamps``: each stamp's job records (or its share's backups), one table.
+    A stamp that cannot be read is a row with its error; the others are listed all the
+    same, and the exit code says one failed."""
+    top = runtime()
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for stamp_id in top.fleet.ids:
+        rt = top.for_stamp(stamp_id)
+        try:
+            rows += [{"stampId": stamp_id, **r} for r in _stamp_rows(rt)]
+        except InfraBackupError as exc:
+            errors.append({"stampId": stamp_id, "error": exc.to_dict()})
+        finally:
+            rt.close()
+    header = (f"{'STAMP':20}  {'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  "
+              f"{'TIME':>7}  {'SIZE':>11}  {'VERSION':12}  CERTIFICATE / REASON / ALERT")
+    lines = [header, *(f"{r['stampId'][:20]:20}  {record_line(r)}" for r in rows)]
+    lines += [f"{e['stampId'][:20]:20}  {'ERROR':36}  {e['error']['message']}" for e in errors]
+    emit(as_json, {"backups": rows, "errors": errors},
+         "\n".join(lines) if len(lines) > 1 else "No backups yet.")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _stamp_rows(rt: AppServices) -> list[dict[str, Any]]:
+    """One stamp's rows for ``list --all-stamps``, in the job records' shape."""
+    jobs = _job_store(rt)
+    if jobs is not None:
+        return list(jobs.records())
+    listing = list_backups(rt.share, stamp_layout(rt.settings))
+    return [{"backupId": m.backup_id, "status": m.status, "createdUtc": m.created.isoformat(),
+             "timeTakenSeconds": m.duration_seconds, "sizeBytes": m.size_bytes,
+             "stampVersion": m.stamp_version, "thumbprint": m.thumbprint}
+            for m in listing.backups]
 
 
 @cli.command()

@@ -4,7 +4,13 @@ A message is one small JSON object (base64 on the wire, as the Functions queue t
 expects)::
 
     {"version": 1, "backupId": "<guid>", "stamp": "<domain>_<region>",
-     "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>"}
+     "stampId": "<stamp id>", "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>"}
+
+``stamp`` is the job's table partition (:func:`infrabackup.jobs.storage.stamp_key`),
+``stampId`` the stamp of the fleet whose settings the worker runs it with
+(:mod:`infrabackup.stamps`; a message without it, written before the fleet, is the stamp
+``default``). The format is extended by adding fields (a reader ignores fields it does not
+know); ``version`` changes only when a field changes meaning.
 
 It names the job; everything else (settings, keys, the share) the worker reads itself,
 so no secret ever travels through the queue.
@@ -33,6 +39,8 @@ from infrabackup.jobs.job_store import JobStore, StampClaim
 from infrabackup.jobs.maintenance import MaintenanceStore, refuse_if_open
 from infrabackup.jobs.storage import translate_storage_errors
 from infrabackup.layout import backup_id_or_none
+from infrabackup.settings import DEFAULT_STAMP
+from infrabackup.stamps import STAMP_ID_RE
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
@@ -57,12 +65,14 @@ class JobMessage:
     stamp: str
     trigger: str
     requested: dt.datetime
+    stamp_id: str = DEFAULT_STAMP
 
     def encode(self) -> str:
         return json.dumps({
             "version": MESSAGE_VERSION,
             "backupId": self.backup_id,
             "stamp": self.stamp,
+            "stampId": self.stamp_id,
             "trigger": self.trigger,
             "requestedUtc": self.requested.isoformat(),
         })
@@ -87,6 +97,9 @@ class JobMessage:
             raise MalformedMessage("stamp is missing")
         if not _usable_stamp(stamp):
             raise MalformedMessage("stamp is not a stamp key (<domain>_<region>)")
+        stamp_id = data.get("stampId", DEFAULT_STAMP)
+        if not isinstance(stamp_id, str) or not STAMP_ID_RE.fullmatch(stamp_id):
+            raise MalformedMessage(f"stampId {_shown(stamp_id)} is not a stamp id")
         trigger = data.get("trigger")
         if trigger not in TRIGGERS:
             raise MalformedMessage(f"trigger {_shown(trigger)} is not one of "
@@ -95,7 +108,7 @@ class JobMessage:
             requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
         except ValueError:
             raise MalformedMessage("requestedUtc is not an ISO 8601 time") from None
-        return cls(backup_id, stamp, trigger, requested)
+        return cls(backup_id, stamp, trigger, requested, stamp_id)
 
 
 def salvage(body: bytes) -> tuple[str | None, str | None]:
@@ -169,8 +182,9 @@ def submit_backup(
     trigger: str,
     clock: Callable[[], dt.datetime],
     fields: dict[str, Any] | None = None,
+    stamp_id: str = DEFAULT_STAMP,
 ) -> str:
-    """Queue one backup of the stamp; return its id.
+    """Queue one backup of the stamp (``stamp_id`` of the fleet); return its id.
 
     Raises RefusedError (maintenance window, a job already queued or running) before
     anything is written, and the storage error when the job cannot be queued.
@@ -180,8 +194,8 @@ def submit_backup(
     claim.acquire(backup_id)
     try:
         jobs.create(backup_id, status="Queued", trigger=trigger, stamp=jobs.stamp,
-                    **(fields or {}))
-        queue.send(JobMessage(backup_id, jobs.stamp, trigger, clock()))
+                    stampId=stamp_id, **(fields or {}))
+        queue.send(JobMessage(backup_id, jobs.stamp, trigger, clock(), stamp_id))
     except InfraBackupError as exc:
         log.error("job %s could not be queued: %s", backup_id, exc.message)
         failure = GeneralFault(f"The job could not be queued: {exc.message}")
@@ -191,5 +205,5 @@ def submit_backup(
         finally:
             claim.release(backup_id)
         raise
-    log.info("job %s queued (%s)", backup_id, trigger)
+    log.info("job %s of stamp %s queued (%s)", backup_id, stamp_id, trigger)
     return backup_id
