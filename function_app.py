@@ -17,6 +17,7 @@ from infrabackup.allocator import tune_allocator
 from infrabackup.app import heartbeat, openapi, worker
 from infrabackup.app import routes as api
 from infrabackup.app.app_logging import quiet_sdk_logging
+from infrabackup.jobs import verify_job
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from infrabackup.services import AppServices, configure_app_telemetry
 
@@ -36,6 +37,12 @@ def services() -> AppServices:
                    use_monitor=True)
 def scheduled_backup(timer: func.TimerRequest) -> None:
     heartbeat.run_tick(services(), past_due=timer.past_due)  # the run, then its heartbeat
+
+
+@app.timer_trigger(arg_name="timer", schedule="%BACKUP_VERIFY_SCHEDULE%", run_on_startup=False,
+                   use_monitor=True)
+def scheduled_verification(timer: func.TimerRequest) -> None:
+    verify_job.scheduled_verification(services())  # queued: the worker runs it
 
 
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")
@@ -64,6 +71,16 @@ def list_backups(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="backups/{backupId}", methods=["GET"], auth_level=FUNCTION)
 def get_backup(req: func.HttpRequest) -> func.HttpResponse:
     return api.get_backup(req, services())
+
+
+@app.route(route="backups/{backupId}/verify", methods=["POST"], auth_level=FUNCTION)
+def verify_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.verify_backup(req, services())
+
+
+@app.route(route="verifications/{verificationId}", methods=["GET"], auth_level=FUNCTION)
+def get_verification(req: func.HttpRequest) -> func.HttpResponse:
+    return api.get_verification(req, services())
 
 
 @app.route(route="backup-configuration", methods=["GET"], auth_level=FUNCTION)

@@ -211,11 +211,14 @@ def table_rows(azurite: str) -> list[dict[str, Any]]:  # noqa: F811
 EXPECTED = {
     # name: (trigger, route or queue or schedule, methods)
     "scheduled_backup": ("timerTrigger", "%BACKUP_SCHEDULE%", None),
+    "scheduled_verification": ("timerTrigger", "%BACKUP_VERIFY_SCHEDULE%", None),
     "run_backup_job": ("queueTrigger", "infrabackup-jobs", None),
     "fail_poisoned_job": ("queueTrigger", "infrabackup-jobs-poison", None),
     "start_backup": ("httpTrigger", "backups", ["POST"]),
     "list_backups": ("httpTrigger", "backups", ["GET"]),
     "get_backup": ("httpTrigger", "backups/{backupId}", ["GET"]),
+    "verify_backup": ("httpTrigger", "backups/{backupId}/verify", ["POST"]),
+    "get_verification": ("httpTrigger", "verifications/{verificationId}", ["GET"]),
     "get_configuration": ("httpTrigger", "backup-configuration", ["GET"]),
     "open_maintenance": ("httpTrigger", "maintenance", ["PUT"]),
     "close_maintenance": ("httpTrigger", "maintenance", ["DELETE"]),

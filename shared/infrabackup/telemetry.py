@@ -50,7 +50,7 @@ HEARTBEAT_EVENT = "InfrastructureBackupHeartbeat"
 #: ``infra/`` query these names: renaming one breaks them.
 ALERT_PROPERTIES = (
     "alertName", "description", "remediation", "severity", "backupId", "externalDomain",
-    "region", "scaleUnit", "sharePath", "faultCode", "errorCode", "retryable",
+    "region", "scaleUnit", "sharePath", "faultCode", "errorCode", "retryable", "component",
 )
 #: The customDimensions of :data:`SUCCESS_EVENT`.
 SUCCESS_PROPERTIES = (
@@ -175,6 +175,8 @@ def alert_properties(backup_id: str, error: InfraBackupError, settings: Settings
         "faultCode": fault_code(error),
         "errorCode": error.code,
         "retryable": "true" if error.retryable else "false",
+        # The component a corrupted backup was found damaged in (BackupCorrupted); "" else.
+        "component": str(getattr(error, "component", None) or ""),
     }
 
 

@@ -4,7 +4,12 @@ A message is one small JSON object (base64 on the wire, as the Functions queue t
 expects)::
 
     {"version": 1, "backupId": "<guid>", "stamp": "<domain>_<region>",
-     "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>"}
+     "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>",
+     "kind": "backup" | "verify"}
+
+``kind`` (absent: ``backup``) says what the job is: a backup (``backupId`` is the backup's
+id) or a verification (:mod:`infrabackup.jobs.verify_job`; ``backupId`` is the
+verification job's id, whose record names what it verifies).
 
 It names the job; everything else (settings, keys, the share) the worker reads itself,
 so no secret ever travels through the queue.
@@ -41,6 +46,7 @@ log = logging.getLogger("infrabackup.queue")
 
 MESSAGE_VERSION = 1
 TRIGGERS = ("http", "schedule")
+KINDS = ("backup", "verify")
 #: Larger than any message we write; a bigger one is not ours.
 MAX_MESSAGE_BYTES = 4096
 #: Our messages are flat objects; deeper nesting is refused before parsing.
@@ -57,6 +63,7 @@ class JobMessage:
     stamp: str
     trigger: str
     requested: dt.datetime
+    kind: str = "backup"
 
     def encode(self) -> str:
         return json.dumps({
@@ -65,6 +72,7 @@ class JobMessage:
             "stamp": self.stamp,
             "trigger": self.trigger,
             "requestedUtc": self.requested.isoformat(),
+            "kind": self.kind,
         })
 
     @classmethod
@@ -95,7 +103,10 @@ class JobMessage:
             requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
         except ValueError:
             raise MalformedMessage("requestedUtc is not an ISO 8601 time") from None
-        return cls(backup_id, stamp, trigger, requested)
+        kind = data.get("kind", "backup")
+        if kind not in KINDS:
+            raise MalformedMessage(f"kind {_shown(kind)} is not one of {', '.join(KINDS)}")
+        return cls(backup_id, stamp, trigger, requested, kind)
 
 
 def salvage(body: bytes) -> tuple[str | None, str | None]:
