@@ -22,6 +22,7 @@ from azure.storage.queue import QueueClient
 
 import function_app
 from infrabackup.alerts import Alert
+from infrabackup.app.heartbeat import heartbeat_properties
 from infrabackup.errors import BackupCorruptedError, InfraBackupError
 from infrabackup.jobs import verify_job
 from infrabackup.jobs.job_queue import JobMessage
@@ -150,6 +151,17 @@ def test_a_flipped_byte_on_the_share_is_found_by_one_scheduled_run(
     assert event["errorCode"] == "BackupCorrupted" == event["faultCode"]
     assert event["backupId"] == damaged and event["component"] == "ACS"
     assert event["retryable"] == "false"
+
+    # The heartbeat reports the damage as the stamp's newest result (the failure rule
+    # stays open through heartbeats) until the next backup succeeds.
+    def reported() -> tuple[str, str, str]:
+        props = heartbeat_properties(AppServices(), None, None, False)
+        return (props["lastBackupId"], props["lastBackupStatus"],
+                props["lastBackupAlertName"])
+
+    assert reported() == (damaged, "Failed", Alert.GENERAL.title)
+    newer = backed_up(queue)
+    assert reported() == (newer, "Succeeded", "")
 
 
 def test_the_rotation_is_persisted_so_the_next_run_reads_only_its_sample(
