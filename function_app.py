@@ -14,10 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
 import azure.functions as func
 
 from infrabackup.allocator import tune_allocator
-from infrabackup.app import heartbeat, openapi, worker
+from infrabackup.app import heartbeat, openapi, verify, worker
 from infrabackup.app import routes as api
 from infrabackup.app.app_logging import quiet_sdk_logging
-from infrabackup.jobs import verify_job
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from infrabackup.services import AppServices, configure_app_telemetry
 
@@ -42,7 +41,7 @@ def scheduled_backup(timer: func.TimerRequest) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%BACKUP_VERIFY_SCHEDULE%", run_on_startup=False,
                    use_monitor=True)
 def scheduled_verification(timer: func.TimerRequest) -> None:
-    verify_job.scheduled_verification(services())  # queued: the worker runs it
+    verify.scheduled_verification(services())  # queued: the worker runs it
 
 
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")

@@ -22,9 +22,9 @@ from azure.storage.queue import QueueClient
 
 import function_app
 from infrabackup.alerts import Alert
+from infrabackup.app import verify as verify_job
 from infrabackup.app.heartbeat import heartbeat_properties
 from infrabackup.errors import BackupCorruptedError, InfraBackupError
-from infrabackup.jobs import verify_job
 from infrabackup.jobs.job_queue import JobMessage
 from infrabackup.jobs.job_recovery import holder
 from infrabackup.services import AppServices
@@ -32,8 +32,6 @@ from infrabackup.settings import load_settings
 from infrabackup.telemetry import alert_properties
 from infrabackup.verification import READY_UNKNOWN
 from tests.helpers import Stamp, make_keys
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
-from tests.servers.samba import samba  # noqa: F401
 from tests.test_function_app import (  # noqa: F401 - fixtures
     backup_folders,
     call,
@@ -84,7 +82,7 @@ def backed_up(queue: QueueClient) -> str:  # noqa: F811
     return backup_id
 
 
-def run_verify_timer(queue: QueueClient) -> dict[str, Any]:
+def run_verify_timer(queue: QueueClient) -> dict[str, Any]:  # noqa: F811
     """The verify timer, then the worker on what it queued; the verification's record."""
     function_app.scheduled_verification(TimerRequest())
     [message] = take_messages(queue)
@@ -99,7 +97,7 @@ def verification(verification_id: str) -> dict[str, Any]:
     return dict(reply.json)
 
 
-def component_file(stamp: Stamp, backup_id: str, name: str) -> Path:
+def component_file(of: Stamp, backup_id: str, name: str) -> Path:
     """The local file behind a component's stream on the share (for Samba: the file the
     server serves), found where the manifest says it is."""
     from infrabackup.catalog import component_path, find_backup
@@ -109,7 +107,7 @@ def component_file(stamp: Stamp, backup_id: str, name: str) -> Path:
         manifest = find_backup(services.share, services.layout, backup_id)
     record = manifest.component(name)
     assert record is not None
-    path = share_root(stamp) / component_path(manifest, record)
+    path = share_root(of) / component_path(manifest, record)
     assert path.is_file(), path
     return path
 

@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from infrabackup.app.verify import RunLater, run_verification
 from infrabackup.catalog import list_backups
 from infrabackup.errors import (
     ConfigError,
@@ -57,11 +58,7 @@ from infrabackup.jobs.job_recovery import end_interrupted, holder, new_run_token
 from infrabackup.jobs.job_store import FINISHED, JobStore, StampClaim
 from infrabackup.jobs.storage import MAX_DEQUEUE_COUNT
 from infrabackup.jobs.verify_job import KIND as VERIFY_KIND
-from infrabackup.jobs.verify_job import (
-    RunLater,
-    fail_poisoned_verification,
-    run_verification,
-)
+from infrabackup.jobs.verify_job import fail_poisoned_verification
 from infrabackup.retention import prune
 from infrabackup.services import AppServices
 
@@ -364,8 +361,8 @@ def fail_poisoned(services: AppServices, body: bytes, *, message_id: str,
     with services:
         verification = _verification(body)
         if verification is not None:
-            return fail_poisoned_verification(services, verification, message_id,
-                                              MAX_DEQUEUE_COUNT)
+            return fail_poisoned_verification(services.table, verification, message_id,
+                                              MAX_DEQUEUE_COUNT, services.clock)
         opened = _open_job(services, body, message_id, dequeue_count)
         if isinstance(opened, str):
             return opened

@@ -21,7 +21,6 @@ import click
 
 from infrabackup import __version__
 from infrabackup.allocator import tune_allocator
-from infrabackup.backup import stamp_layout, utcnow
 from infrabackup.catalog import INCOMPLETE, find_backup, list_backups
 from infrabackup.errors import (
     EXIT_FAILED,
@@ -42,44 +41,21 @@ from infrabackup.jobs.maintenance import (
 )
 from infrabackup.keys.provider import decryption_keyring, require_decryption
 from infrabackup.keys.wrap import generate_certificate, generate_legacy_key
+from infrabackup.layout import stamp_layout, utcnow
 from infrabackup.manifest import Manifest
 from infrabackup.names import json_text
 from infrabackup.progress import progress_for
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import prune as run_prune
-from infrabackup.settings import DEFAULT_SCHEDULE, Settings, load_settings
-from infrabackup.share import Share, open_share
+from infrabackup.services import AppServices
+from infrabackup.settings import DEFAULT_SCHEDULE, Settings
+from infrabackup.share import open_share
 from infrabackup.share.probe import check_share
 from infrabackup.staleness import describe, freshness
 from infrabackup.telemetry import configure_telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
 MIB = 1024 * 1024
-
-
-class Runtime:
-    """Per-invocation state: settings loaded once, the share opened once and closed."""
-
-    def __init__(self, settings_file: str | None) -> None:
-        self.settings_file = settings_file
-        self._settings: Settings | None = None
-        self._share: Share | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(settings_file=self.settings_file)
-        return self._settings
-
-    @property
-    def share(self) -> Share:
-        if self._share is None:
-            self._share = open_share(self.settings)
-        return self._share
-
-    def close(self) -> None:
-        if self._share is not None:
-            self._share.close()
 
 
 def json_option(func: F) -> F:
@@ -103,9 +79,11 @@ def checked_path(_ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-def runtime() -> Runtime:
+def runtime() -> AppServices:
+    """This invocation's parts (:mod:`infrabackup.services`): settings loaded once, the
+    share opened once and closed when the command ends."""
     obj = click.get_current_context().obj
-    assert isinstance(obj, Runtime)
+    assert isinstance(obj, AppServices)
     return obj
 
 
@@ -128,7 +106,7 @@ def cli(ctx: click.Context, settings_file: str | None, verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    runtime_ = Runtime(settings_file)
+    runtime_ = AppServices(settings_file=settings_file)
     ctx.obj = runtime_
     ctx.call_on_close(runtime_.close)
 
@@ -294,7 +272,7 @@ def check(as_json: bool) -> int:
 
 def _deployment_warnings(settings: Settings) -> list[str]:
     """What the Functions app would do differently from this command with these settings."""
-    if settings.raw.get("BACKUP_SCHEDULE", "").strip():
+    if settings.is_set("BACKUP_SCHEDULE"):
         return []
     return ["BACKUP_SCHEDULE is not set. This command uses the default "
             f"({DEFAULT_SCHEDULE}), but the Functions host resolves %BACKUP_SCHEDULE% "
@@ -360,13 +338,13 @@ def _summary(m: Manifest) -> dict[str, Any]:
 def _job_store() -> Any:
     """The Functions app's job records when AzureWebJobsStorage is set, else None."""
     from infrabackup.jobs.job_store import JobStore
-    from infrabackup.jobs.storage import StorageAccount, stamp_key
+    from infrabackup.jobs.storage import stamp_key
 
     settings = runtime().settings
-    if not StorageAccount.configured(settings.raw):
+    account = settings.storage_account()
+    if account is None:
         return None
-    table = StorageAccount.from_environ(settings.raw).table_client()
-    return JobStore(table, stamp_key(stamp_layout(settings)))
+    return JobStore(account.table_client(), stamp_key(stamp_layout(settings)))
 
 
 def _end_interrupted_records(jobs: Any) -> None:
