@@ -339,7 +339,9 @@ def heartbeat(stamp: Stamp, at: dt.datetime, *, next_due: dt.datetime | None, ti
              "maintenanceOperation": "update" if since else "",
              "maintenanceSinceUtc": iso(since), "staleAfterHours": str(stale_after),
              "lastSuccessUtc": iso(last_success), "lastBackupId": last[0],
-             "lastBackupStatus": last[1], "lastBackupAlertName": last[2], "version": "0.1.0"}
+             "lastBackupStatus": last[1], "lastBackupAlertName": last[2], "version": "0.1.0",
+             "lastVerifiedUtc": "", "verificationLevel": "", "recoveryReady": "",
+             "recoveryReadyReason": ""}
     assert set(props) == set(HEARTBEAT_PROPERTIES)
     return props
 

@@ -12,6 +12,9 @@ aside for a queued one.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ from tests.test_function_app import (  # noqa: F401 - fixtures
     keys,
     post_backup,
     queue,
+    run_cli,
     smb_stamp,
     stamp,
     take_messages,
@@ -158,6 +162,20 @@ def test_a_flipped_byte_on_the_share_is_found_by_one_scheduled_run(
                 props["lastBackupAlertName"])
 
     assert reported() == (damaged, "Failed", Alert.GENERAL.title)
+
+    if share_kind == "local":  # list and show of the command line show the same fields
+        listed = {r["backupId"]: r for r in run_cli(["list"], the_stamp.env)["backups"]}
+        assert listed[damaged]["verificationOk"] is False
+        assert listed[good]["verificationLevel"] == "digests"
+        shown = run_cli(["show", damaged], the_stamp.env)
+        assert shown["corrupted"][0]["component"] == "ACS"
+        assert shown["recoveryReady"] == READY_UNKNOWN
+        text = subprocess.run([sys.executable, "-m", "infrabackup", "list"], env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")},
+            **the_stamp.env}, capture_output=True, text=True, timeout=120, check=True,
+            cwd=Path(function_app.__file__).parent).stdout
+        line = next(x for x in text.splitlines() if x.startswith(damaged))
+        assert "CORRUPTED" in line and "ready?" in line
     newer = backed_up(queue)
     assert reported() == (newer, "Succeeded", "")
 
@@ -190,6 +208,9 @@ def test_the_drill_decrypts_the_newest_backup_and_says_recovery_ready(
     record = run_verify_timer(queue)
     assert record["status"] == "Succeeded", record
     assert record["recoveryReady"] is True, record
+    props = heartbeat_properties(AppServices(), None, None, False)
+    assert (props["verificationLevel"], props["recoveryReady"]) == ("decrypted", "true")
+    assert props["lastVerifiedUtc"] == record["completedUtc"]
     backup = get_record(newest)
     assert backup["recoveryReady"] is True and backup["verificationLevel"] == "decrypted"
     assert "decrypted and authenticated" in backup["recoveryReadyReason"]

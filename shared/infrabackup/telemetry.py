@@ -64,7 +64,8 @@ HEARTBEAT_PROPERTIES = (
     "externalDomain", "region", "scaleUnit", "tick", "reason", "backupId", "pastDue",
     "schedule", "nextDueUtc", "schedulerEnabled", "maintenanceOpen", "maintenanceOperation",
     "maintenanceSinceUtc", "staleAfterHours", "lastSuccessUtc", "lastBackupId",
-    "lastBackupStatus", "lastBackupAlertName", "version",
+    "lastBackupStatus", "lastBackupAlertName", "version", "lastVerifiedUtc", "verificationLevel",
+    "recoveryReady", "recoveryReadyReason",
 )
 
 #: Azure Monitor severities by name (Sev0 ... Sev4), as alert rules number them.

@@ -96,11 +96,27 @@ def heartbeat_properties(services: AppServices, run: ScheduledRun | None,
                      lastBackupStatus=str(finished.get("status", "")),
                      lastBackupAlertName=str(alert.get("name", ""))
                      if isinstance(alert, dict) and finished.get("status") == "Failed" else "")
+    no_verification: dict[str, str] = {}
+    props.update(_read(lambda: _verified(services), no_verification))
     damaged = _read(lambda: _corruption_after(services, finished), None)
     if damaged is not None:
         props.update(lastBackupId=damaged, lastBackupStatus="Failed",
                      lastBackupAlertName=Alert.GENERAL.title)
     return props
+
+
+def _verified(services: AppServices) -> dict[str, str]:
+    """lastVerifiedUtc, verificationLevel, recoveryReady(Reason) of the newest finished
+    verification (the workbook shows them per stamp); empty before the first."""
+    latest = services.verifications.latest(frozenset({"Succeeded", "Failed"}))
+    if latest is None:
+        return {}
+    ready = latest.get("recoveryReady")
+    level = ("decrypted" if ready is True else "digests" if latest.get("fullReads")
+             else "files")
+    return {"lastVerifiedUtc": _record_time(latest), "verificationLevel": level,
+            "recoveryReady": _flag(ready) if isinstance(ready, bool) else str(ready or ""),
+            "recoveryReadyReason": str(latest.get("recoveryReadyReason") or "")}
 
 
 def _corruption_after(services: AppServices, finished: dict[str, Any] | None) -> str | None:

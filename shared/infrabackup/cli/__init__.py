@@ -366,7 +366,18 @@ def _record_line(r: dict[str, Any]) -> str:
     why = r.get("reason") or (r.get("alert") or {}).get("name") or r.get("thumbprint") or ""
     return (f"{r.get('backupId', ''):36}  {r.get('status', ''):16}  "
             f"{str(r.get('createdUtc', ''))[:19].replace('T', ' '):19}  {took}  {size}  "
-            f"{r.get('stampVersion') or '':12}  {why}")
+            f"{r.get('stampVersion') or '':12}  {_verified(r):32}  {why}")
+
+
+def _verified(r: dict[str, Any]) -> str:
+    """The VERIFIED column: when, at which level, recoveryReady; CORRUPTED when damaged."""
+    if not r.get("lastVerifiedUtc"):
+        return "-"
+    ready = r.get("recoveryReady")
+    shown = {True: " ready", False: " NOT READY"}.get(ready, "") if isinstance(ready, bool) \
+        else (" ready?" if ready else "")
+    state = "CORRUPTED" if r.get("verificationOk") is False else r.get("verificationLevel", "")
+    return f"{str(r['lastVerifiedUtc'])[:16].replace('T', ' ')} {state}{shown}"
 
 
 @cli.command("list")
@@ -380,7 +391,8 @@ def list_command(as_json: bool) -> int:
         _end_interrupted_records(jobs)
         records = list(jobs.records())
         header = (f"{'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  {'TIME':>7}  "
-                  f"{'SIZE':>11}  {'VERSION':12}  CERTIFICATE / REASON / ALERT")
+                  f"{'SIZE':>11}  {'VERSION':12}  {'VERIFIED (UTC, LEVEL, READY)':32}  "
+                  "CERTIFICATE / REASON / ALERT")
         emit(as_json, {"source": "jobRecords", "backups": records},
              "\n".join([header, *map(_record_line, records)]) if records else "No backups yet.")
         return EXIT_OK
