@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from infrabackup.cli.render import exit_code
 from infrabackup.errors import LockHeldError, PathError
 from infrabackup.share import open_share
 from infrabackup.share.base import PARTIAL_MARKER, Share
@@ -343,7 +344,7 @@ def test_lock_is_exclusive_across_share_objects_and_names_the_holder(backend: Ba
         assert "backup 1111 (scheduled)" in message
         assert f"pid {os.getpid()}" in message
         assert "since" in message
-        assert caught.value.exit_code == 3
+        assert exit_code(caught.value) == 3
     with (
         second.lock("locks/stamp.lock", "backup 2222"),
         pytest.raises(LockHeldError, match="backup 2222"),
