@@ -283,6 +283,7 @@ def test_a_transient_outage_is_bridged_by_the_retries(samba_victim: SambaServer)
 def test_disk_full_is_a_capacity_fault_and_leaves_no_partial_file(
     samba: SambaSet,
 ) -> None:
+    samba.empty_small()
     share = open_share(samba.settings("small"))
     share.write_stream("earlier.bin", [b"an earlier backup"])
     with pytest.raises(CapacityError) as caught:
