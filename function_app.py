@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
 import azure.functions as func
 
 from infrabackup.allocator import tune_allocator
-from infrabackup.app import fanout, openapi, worker
+from infrabackup.app import fanout, openapi, verify, worker
 from infrabackup.app import routes as api
 from infrabackup.app.app_logging import quiet_sdk_logging
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
@@ -45,6 +45,12 @@ def fleet_tick(timer: func.TimerRequest) -> None:
     fanout.run_fleet_tick(services(), past_due=timer.past_due)
 
 
+@app.timer_trigger(arg_name="timer", schedule="%BACKUP_VERIFY_SCHEDULE%", run_on_startup=False,
+                   use_monitor=True)
+def scheduled_verification(timer: func.TimerRequest) -> None:
+    verify.scheduled_verifications(services())  # one per stamp, queued: the worker runs them
+
+
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_NAME, connection="AzureWebJobsStorage")
 def run_backup_job(message: func.QueueMessage) -> None:
     worker.process_message(services(), message.get_body(), message_id=message.id or "",
@@ -71,6 +77,16 @@ def list_backups(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="backups/{backupId}", methods=["GET"], auth_level=FUNCTION)
 def get_backup(req: func.HttpRequest) -> func.HttpResponse:
     return api.get_backup(req, services())
+
+
+@app.route(route="backups/{backupId}/verify", methods=["POST"], auth_level=FUNCTION)
+def verify_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.verify_backup(req, services())
+
+
+@app.route(route="verifications/{verificationId}", methods=["GET"], auth_level=FUNCTION)
+def get_verification(req: func.HttpRequest) -> func.HttpResponse:
+    return api.get_verification(req, services())
 
 
 @app.route(route="backup-configuration", methods=["GET"], auth_level=FUNCTION)
@@ -117,6 +133,18 @@ def list_stamp_backups(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="stamps/{stampId}/backups/{backupId}", methods=["GET"], auth_level=FUNCTION)
 def get_stamp_backup(req: func.HttpRequest) -> func.HttpResponse:
     return api.in_stamp(api.get_backup, req, services())
+
+
+@app.route(route="stamps/{stampId}/backups/{backupId}/verify", methods=["POST"],
+           auth_level=FUNCTION)
+def verify_stamp_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.verify_backup, req, services())
+
+
+@app.route(route="stamps/{stampId}/verifications/{verificationId}", methods=["GET"],
+           auth_level=FUNCTION)
+def get_stamp_verification(req: func.HttpRequest) -> func.HttpResponse:
+    return api.in_stamp(api.get_verification, req, services())
 
 
 @app.route(route="stamps/{stampId}/backup-configuration", methods=["GET"], auth_level=FUNCTION)

@@ -77,6 +77,15 @@ param backupSchedule string = '0 0 */12 * * *'
 @description('BACKUP_SCHEDULER_ENABLED: false keeps the schedule but skips scheduled runs.')
 param schedulerEnabled bool = true
 
+@description('BACKUP_VERIFY_SCHEDULE: NCRONTAB expression of the verification timer (daily at 03:30 UTC by default, between the default backups; at least daily).')
+param verifySchedule string = '0 30 3 * * *'
+
+@description('BACKUP_DRILL_CERT: opt-in restore drill: the Key Vault secret URL of the PFX (e.g. https://<vault>.vault.azure.net/secrets/infrabackup). Empty: no drill, recoveryReady "unknown (digests only)".')
+param drillCertificateUri string = ''
+
+@description('BACKUP_DRILL_CLIENT_ID: client id of the separate identity the drill reads the PFX with (Key Vault Secrets User on that one secret; docs/KEYVAULT.md).')
+param drillIdentityClientId string = ''
+
 @description('BACKUP_STALE_AFTER_HOURS: hours without a successful backup after which "No successful backup" fires (1-48, at least the schedule\'s longest gap plus one). 0 (the default): the app derives it from backupSchedule, twice its longest gap plus one hour (25 for every 12 hours).')
 @minValue(0)
 @maxValue(48)
@@ -259,6 +268,9 @@ module functionApp 'app/function-app.bicep' = {
     backupSchedule: backupSchedule
     schedulerEnabled: schedulerEnabled
     staleAfterHours: backupStaleAfterHours
+    verifySchedule: verifySchedule
+    drillCertificateUri: drillCertificateUri
+    drillIdentityClientId: drillIdentityClientId
     retentionDays: retentionDays
     compression: compression
     parallelComponents: parallelComponents

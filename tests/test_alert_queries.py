@@ -294,6 +294,14 @@ class App:
         self.sent.append(Event.at(ALERT_EVENT, at, failure(self.stamp, backup_id, alert)))
         self.last_finished = (backup_id, "Failed", alert)
 
+    def corrupted(self, at: dt.datetime, backup_id: str, component: str) -> None:
+        """A verification at ``at`` found the backup damaged: its alert event, and the
+        heartbeats report it as the stamp's newest result until the next backup ends
+        (infrabackup.app.heartbeat)."""
+        self.sent.append(Event.at(ALERT_EVENT, at, corruption(self.stamp, backup_id,
+                                                              component)))
+        self.last_finished = (backup_id, "Failed", Alert.GENERAL.title)
+
 
 def success(stamp: Stamp, backup_id: str) -> dict[str, str]:
     props = {**stamp.dims, "backupId": backup_id, "sharePath": r"\\fs01.contoso.com\b",
@@ -308,9 +316,15 @@ def failure(stamp: Stamp, backup_id: str, alert_name: str) -> dict[str, str]:
     props = {"alertName": alert.title, "description": alert.description,
              "remediation": alert.remediation, "severity": "Error", "backupId": backup_id,
              **stamp.dims, "sharePath": r"\\fs01.contoso.com\b", "faultCode": "0xC000006D",
-             "errorCode": "ShareAuthentication", "retryable": "false"}
+             "errorCode": "ShareAuthentication", "retryable": "false", "component": ""}
     assert set(props) == set(ALERT_PROPERTIES)
     return props
+
+
+def corruption(stamp: Stamp, backup_id: str, component: str) -> dict[str, str]:
+    """The alert event of a verification that found ``component`` of a backup damaged."""
+    return {**failure(stamp, backup_id, Alert.GENERAL.title), "faultCode": "BackupCorrupted",
+            "errorCode": "BackupCorrupted", "component": component}
 
 
 def heartbeat(stamp: Stamp, at: dt.datetime, *, next_due: dt.datetime | None, tick: str,
@@ -327,7 +341,9 @@ def heartbeat(stamp: Stamp, at: dt.datetime, *, next_due: dt.datetime | None, ti
              "maintenanceOperation": "update" if since else "",
              "maintenanceSinceUtc": iso(since), "staleAfterHours": str(stale_after),
              "lastSuccessUtc": iso(last_success), "lastBackupId": last[0],
-             "lastBackupStatus": last[1], "lastBackupAlertName": last[2], "version": "0.1.0"}
+             "lastBackupStatus": last[1], "lastBackupAlertName": last[2], "version": "0.1.0",
+             "lastVerifiedUtc": "", "verificationLevel": "", "recoveryReady": "",
+             "recoveryReadyReason": ""}
     assert set(props) == set(HEARTBEAT_PROPERTIES)
     return props
 
@@ -405,6 +421,34 @@ def test_a_failure_of_another_kind_moves_the_alert_to_that_rule(
     assert play(analysis, "AUTHENTICATION", events, 30) == [
         (12.5, NYC.key, "Fired"), (25.0, NYC.key, "Resolved")]
     assert play(analysis, "PATH", events, 30) == [(24.5, NYC.key, "Fired")]
+
+
+def test_a_corrupted_backup_found_by_verification_fires_general_fault_until_a_success(
+    analysis: dict[str, Analysis],
+) -> None:
+    app = App(NYC)
+    app.run(T0, [("ok", 2)])
+    app.corrupted(T0 + 15.5 * H, "b-damaged", "ACS")  # the 03:30 verification
+    events = app.run(T0 + 24 * H, [("ok", 2)])
+
+    # Found 15:30, ingested 15:33, seen at 15:45; the heartbeat of 24:00 still reports it,
+    # the success of 24:20 is seen at 24:30 and after three clear evaluations it resolves.
+    assert play(analysis, "GENERAL", events, 60) == [
+        (15.75, NYC.key, "Fired"), (25.0, NYC.key, "Resolved")]
+    for other in Alert:
+        if other is not Alert.GENERAL:
+            assert play(analysis, other.name, events, 60) == [], other.name
+
+
+def test_a_corrupted_backup_stays_alerted_while_no_backup_runs(
+    analysis: dict[str, Analysis],
+) -> None:
+    app = App(NYC)
+    app.run(T0, [("ok", 2)])
+    app.corrupted(T0 + 15.5 * H, "b-damaged", "ACS")
+    events = app.run(T0 + 24 * H, [("off", 6)])
+
+    assert play(analysis, "GENERAL", events, 4 * 24) == [(15.75, NYC.key, "Fired")]
 
 
 def test_a_success_alone_fires_no_failure_rule(analysis: dict[str, Analysis]) -> None:

@@ -349,6 +349,7 @@ def test_each_alert_sends_exactly_one_alert_event_with_the_seed_text_and_fault_c
         "errorCode": fault.error.code,
         "retryable": "true" if fault.retryable else "false",
         "stampId": "default",
+        "component": "",
     }
     assert event["sharePath"].startswith(r"\\127.0.0.1")
     assert ingestion.events(SUCCESS_EVENT, mark) == []

@@ -74,7 +74,8 @@ class App:
 def app_settings(stamp: Stamp, storage: str) -> dict[str, str]:
     """App settings as the sample settings file has them, for this stamp."""
     return {**stamp.env, "FUNCTIONS_WORKER_RUNTIME": "python", "AzureWebJobsStorage": storage,
-            "BACKUP_SCHEDULE": "0 0 */12 * * *", "BACKUP_SHARE_PASSWORD": SHARE_PASSWORD,
+            "BACKUP_SCHEDULE": "0 0 */12 * * *", "BACKUP_VERIFY_SCHEDULE": "0 30 3 * * *",
+            "BACKUP_SHARE_PASSWORD": SHARE_PASSWORD,
             # host.json's 10 s back-off, shortened the way an app setting overrides host.json.
             "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:01"}
 

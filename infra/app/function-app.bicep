@@ -112,6 +112,15 @@ param schedulerEnabled bool = true
 @maxValue(48)
 param staleAfterHours int = 0
 
+@description('BACKUP_VERIFY_SCHEDULE: NCRONTAB expression of the verification timer (at least daily; the host resolves %BACKUP_VERIFY_SCHEDULE% itself, so it must be set).')
+param verifySchedule string = '0 30 3 * * *'
+
+@description('BACKUP_DRILL_CERT: the restore drill\'s PFX, a Key Vault secret URL (opt-in; empty: verification checks digests only and records recoveryReady "unknown (digests only)").')
+param drillCertificateUri string = ''
+
+@description('BACKUP_DRILL_CLIENT_ID: client id of the separate user-assigned identity the drill reads that secret with (docs/KEYVAULT.md); it must be assigned to the app.')
+param drillIdentityClientId string = ''
+
 @description('BACKUP_RETENTION_DAYS: days backups are kept (2-14).')
 @minValue(2)
 @maxValue(14)
@@ -165,6 +174,9 @@ var appSettings = {
   BACKUP_SCHEDULE: backupSchedule
   BACKUP_SCHEDULER_ENABLED: schedulerEnabled ? 'true' : 'false'
   BACKUP_STALE_AFTER_HOURS: (staleAfterHours > 0) ? string(staleAfterHours) : ''
+  BACKUP_VERIFY_SCHEDULE: verifySchedule
+  BACKUP_DRILL_CERT: drillCertificateUri
+  BACKUP_DRILL_CLIENT_ID: drillIdentityClientId
   BACKUP_RETENTION_DAYS: string(retentionDays)
   BACKUP_COMPRESSION: compression
   BACKUP_PARALLEL_COMPONENTS: string(parallelComponents)

@@ -18,6 +18,7 @@ Functions only ever deal with this tree (the command's exit codes for it are in
     │   └── AuthenticationError       bad user or password, access denied
     ├── KeyMaterialError              certificate / key problems (wrong PFX, missing key)
     ├── IntegrityError                a backup failed authentication (tampered, truncated)
+    │   └── BackupCorruptedError      verification found a stored backup damaged
     ├── NotFoundError                 no backup with that id
     ├── RestoreTargetError            the local folder a restore writes into failed (no alert)
     └── GeneralFault                  anything else
@@ -151,6 +152,19 @@ class IntegrityError(InfraBackupError):
     def __init__(self, message: str, *, component: str | None = None) -> None:
         super().__init__(message)
         self.component = component
+
+
+class BackupCorruptedError(IntegrityError):
+    """Scheduled or on-demand verification found a finished backup on the share damaged
+    (a component missing, of the wrong size or digest; a manifest that no longer parses
+    or authenticates). Raised through the general-fault alert path, naming the backup
+    and the component; a retry reads the same bytes, so it does not help."""
+
+    code = "BackupCorrupted"
+
+    def __init__(self, message: str, *, backup_id: str, component: str | None) -> None:
+        super().__init__(message, component=component)
+        self.backup_id = backup_id
 
 
 class NotFoundError(InfraBackupError):

@@ -36,6 +36,8 @@ from infrabackup.telemetry import NullTelemetry, Telemetry, configure_telemetry
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
+    from infrabackup.keys.keyvault import KeyVaultAccess
+
 
 def configure_app_telemetry(environ: Mapping[str, str] | None = None) -> Telemetry:
     """The process's telemetry, configured from the settings; never raises.
@@ -66,6 +68,8 @@ class AppServices:
     share_opener: Callable[[Settings], Share] = open_share
     stamp_id: str = DEFAULT_STAMP
     known_fleet: Fleet | None = field(default=None, repr=False)  # parsed once per invocation
+    #: How the restore drill reaches Key Vault (None: its own identity, docs/KEYVAULT.md).
+    drill_vault: KeyVaultAccess | None = None
     _share: Share | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> AppServices:
@@ -130,6 +134,19 @@ class AppServices:
 
     def claim_of(self, stamp: str) -> StampClaim:
         return StampClaim(self.table, stamp, self.jobs_of(stamp), self.clock)
+
+    @cached_property
+    def verifications(self) -> JobStore:
+        """The stamp's verification jobs (:mod:`infrabackup.jobs.verify_job`)."""
+        from infrabackup.jobs.verify_job import verification_store
+
+        return verification_store(self.table, self.stamp, self.clock)
+
+    @cached_property
+    def verify_claim(self) -> StampClaim:
+        from infrabackup.jobs.verify_job import VerifyClaim
+
+        return VerifyClaim(self.table, self.stamp, self.verifications, self.clock)
 
     @cached_property
     def maintenance(self) -> TableMaintenanceStore:

@@ -11,6 +11,7 @@ Secrets (the share password, the legacy key, the PFX password) are held in
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import ipaddress
 import os
@@ -50,6 +51,8 @@ COMPRESSIONS = ("none", "zstd")
 DEFAULT_SCHEDULE = "0 0 */12 * * *"
 #: The stamp of the app's own (single-stamp) settings; infrabackup.stamps adds the others.
 DEFAULT_STAMP = "default"
+#: Scheduled verification: daily at 03:30 UTC, between the default backups (00:00, 12:00).
+DEFAULT_VERIFY_SCHEDULE = "0 30 3 * * *"
 #: What the service keeps beside MASBackup in the region folder, where region-scoped
 #: sources are stored too (infrabackup.layout.MASBACKUP, LOCK_FILE, infrabackup.jobs.maintenance's
 #: file): a source named so would mix its data with them. Compared ignoring case, as
@@ -177,6 +180,11 @@ class Settings:
     parallel_components: int = 2
     stamp_version: str | None = None
     stale_after_hours: int | None = None  # None: derived from the schedule (infrabackup.staleness)
+    verify_schedule: str = DEFAULT_VERIFY_SCHEDULE
+    #: The restore drill's PFX (a file or a Key Vault secret URL; opt-in), and the client id
+    #: of the identity it reads Key Vault with (docs/KEYVAULT.md: not the backup identity).
+    drill_cert: str | None = None
+    drill_client_id: str | None = None
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
     stamp_id: str = DEFAULT_STAMP  # which stamp of the fleet (infrabackup.stamps)
@@ -271,6 +279,9 @@ ALL_SETTINGS = (
     "BACKUP_PARALLEL_COMPONENTS",
     "BACKUP_STAMP_VERSION",
     "BACKUP_STALE_AFTER_HOURS",
+    "BACKUP_VERIFY_SCHEDULE",
+    "BACKUP_DRILL_CERT",
+    "BACKUP_DRILL_CLIENT_ID",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "AzureWebJobsStorage",
 )
@@ -400,9 +411,11 @@ def load_settings(
     for cert_setting, cert_example in (
         ("BACKUP_ENCRYPTION_CERT", "/etc/infrabackup/backup.cer"),
         ("BACKUP_DECRYPTION_CERT", "/secure/backup.pfx"),
+        ("BACKUP_DRILL_CERT", "/secure/backup.pfx"),
     ):
         _check_file_setting(get(cert_setting), cert_setting, cert_example, problems)
     stale_after = _parse_stale_after(get("BACKUP_STALE_AFTER_HOURS"), schedule, problems)
+    verify_schedule = _parse_verify_schedule(get("BACKUP_VERIFY_SCHEDULE"), problems)
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
     _check_source_settings(sources, env, problems)
@@ -433,6 +446,9 @@ def load_settings(
         parallel_components=parallel,
         stamp_version=stamp_version,
         stale_after_hours=stale_after,
+        verify_schedule=verify_schedule,
+        drill_cert=get("BACKUP_DRILL_CERT") or None,
+        drill_client_id=get("BACKUP_DRILL_CLIENT_ID") or None,
         appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
         webjobs_storage=_secret(env.get("AzureWebJobsStorage")),
         storage=storage,
@@ -580,6 +596,26 @@ def _parse_int(
             f"{name}: {number} is outside {low}-{high}. Example: {example}."
         )
     return number
+
+
+def _parse_verify_schedule(value: str, problems: list[str]) -> str:
+    """BACKUP_VERIFY_SCHEDULE: NCRONTAB firing at least once a day (the rotation of
+    infrabackup.verification re-reads every backup within its retention period in daily
+    runs)."""
+    from infrabackup.staleness import longest_gap  # local: it imports us
+
+    schedule = value or DEFAULT_VERIFY_SCHEDULE
+    try:
+        gap = longest_gap(schedule)
+    except ConfigError as exc:
+        problems.append("BACKUP_VERIFY_SCHEDULE" + exc.message.removeprefix("BACKUP_SCHEDULE"))
+        return schedule
+    if gap is None or gap > dt.timedelta(days=1):
+        problems.append(
+            f"BACKUP_VERIFY_SCHEDULE: {quote(schedule)} does not run every day; verification "
+            "must run at least daily to re-read every backup within BACKUP_RETENTION_DAYS. "
+            f"Example: {DEFAULT_VERIFY_SCHEDULE} (03:30 UTC daily).")
+    return schedule
 
 
 def _parse_stale_after(value: str, schedule: str, problems: list[str]) -> int | None:

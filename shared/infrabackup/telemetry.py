@@ -51,6 +51,7 @@ HEARTBEAT_EVENT = "InfrastructureBackupHeartbeat"
 ALERT_PROPERTIES = (
     "alertName", "description", "remediation", "severity", "backupId", "externalDomain",
     "region", "scaleUnit", "sharePath", "faultCode", "errorCode", "retryable", "stampId",
+    "component",
 )
 #: The customDimensions of :data:`SUCCESS_EVENT`.
 SUCCESS_PROPERTIES = (
@@ -64,7 +65,8 @@ HEARTBEAT_PROPERTIES = (
     "externalDomain", "region", "scaleUnit", "tick", "reason", "backupId", "pastDue",
     "schedule", "nextDueUtc", "schedulerEnabled", "maintenanceOpen", "maintenanceOperation",
     "maintenanceSinceUtc", "staleAfterHours", "lastSuccessUtc", "lastBackupId",
-    "lastBackupStatus", "lastBackupAlertName", "version", "stampId",
+    "lastBackupStatus", "lastBackupAlertName", "version", "stampId", "lastVerifiedUtc",
+    "verificationLevel", "recoveryReady", "recoveryReadyReason",
 )
 
 #: Azure Monitor severities by name (Sev0 ... Sev4), as alert rules number them.
@@ -177,6 +179,8 @@ def alert_properties(backup_id: str, error: InfraBackupError, settings: Settings
         "faultCode": fault_code(error),
         "errorCode": error.code,
         "retryable": "true" if error.retryable else "false",
+        # The component a corrupted backup was found damaged in (BackupCorrupted); "" else.
+        "component": str(getattr(error, "component", None) or ""),
     }
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from infrabackup import __version__
+from infrabackup.alerts import Alert
 from infrabackup.app.scheduler import ScheduledRun, next_run, run_scheduled
 from infrabackup.errors import InfraBackupError
 from infrabackup.settings import DEFAULT_SCHEDULE
@@ -95,7 +96,41 @@ def heartbeat_properties(services: AppServices, run: ScheduledRun | None,
                      lastBackupStatus=str(finished.get("status", "")),
                      lastBackupAlertName=str(alert.get("name", ""))
                      if isinstance(alert, dict) and finished.get("status") == "Failed" else "")
+    no_verification: dict[str, str] = {}
+    props.update(_read(lambda: _verified(services), no_verification))
+    damaged = _read(lambda: _corruption_after(services, finished), None)
+    if damaged is not None:
+        props.update(lastBackupId=damaged, lastBackupStatus="Failed",
+                     lastBackupAlertName=Alert.GENERAL.title)
     return props
+
+
+def _verified(services: AppServices) -> dict[str, str]:
+    """lastVerifiedUtc, verificationLevel, recoveryReady(Reason) of the newest finished
+    verification (the workbook shows them per stamp); empty before the first."""
+    latest = services.verifications.latest(frozenset({"Succeeded", "Failed"}))
+    if latest is None:
+        return {}
+    ready = latest.get("recoveryReady")
+    level = ("decrypted" if ready is True else "digests" if latest.get("fullReads")
+             else "files")
+    return {"lastVerifiedUtc": _record_time(latest), "verificationLevel": level,
+            "recoveryReady": _flag(ready) if isinstance(ready, bool) else str(ready or ""),
+            "recoveryReadyReason": str(latest.get("recoveryReadyReason") or "")}
+
+
+def _corruption_after(services: AppServices, finished: dict[str, Any] | None) -> str | None:
+    """The backup the newest verification found damaged, when that verification ended
+    after the newest finished backup: the stamp's newest result is then that failure
+    (general fault, BackupCorrupted), so the failure rule stays open through heartbeats
+    until the next backup succeeds or a verification finds nothing damaged."""
+    latest = services.verifications.latest(frozenset({"Succeeded", "Failed"}))
+    corrupted = (latest or {}).get("corrupted")
+    if latest is None or not isinstance(corrupted, list) or not corrupted:
+        return None
+    if finished is not None and _record_time(finished) >= _record_time(latest):
+        return None
+    return str(corrupted[0].get("backupId", ""))
 
 
 def _read(getter: Callable[[], T], default: T) -> T:

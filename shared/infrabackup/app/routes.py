@@ -5,6 +5,8 @@ answers JSON. Status codes and the error shape are in :mod:`infrabackup.app.http
 POST    /api/backups                queue a backup: 202 + Location; 409 in a window or busy
 GET     /api/backups                the job records, newest first, paged
 GET     /api/backups/{backupId}     one record; 400 not a GUID, 404 unknown
+POST    /api/backups/{backupId}/verify  queue its verification: 202 + Location; 409 busy
+GET     /api/verifications/{verificationId}  one verification job's record
 GET     /api/backup-configuration   settings (secrets masked), capacity, last/next backup
 PUT     /api/maintenance            open the update/FRU window
 DELETE  /api/maintenance            close it
@@ -38,10 +40,12 @@ from infrabackup.app.http_json import (
     url_for,
 )
 from infrabackup.app.scheduler import next_run
+from infrabackup.catalog import find_backup
 from infrabackup.errors import ConfigError, InfraBackupError, NotFoundError, RefusedError
 from infrabackup.jobs.job_queue import submit_backup
 from infrabackup.jobs.job_store import ACTIVE, decode_token, encode_token
 from infrabackup.jobs.maintenance import MaintenanceWindow, check_operation
+from infrabackup.jobs.verify_job import submit_verification
 from infrabackup.layout import parse_backup_id
 from infrabackup.retention import prune as run_prune
 from infrabackup.services import AppServices
@@ -143,6 +147,56 @@ def get_backup(req: func.HttpRequest, services: AppServices) -> func.HttpRespons
         if record is None:
             raise NotFoundError(f"No backup job {backup_id} for this stamp. GET "
                                 f"{_base(req, services)}/backups lists them.")
+        return json_response(200, record)
+
+    return handle(work)
+
+
+# --- verification ----------------------------------------------------------------------
+
+
+def _route_id(req: func.HttpRequest, name: str) -> str:
+    raw = req.route_params.get(name, "")
+    try:
+        return parse_backup_id(raw)
+    except ConfigError:
+        raise BadRequest(f"{name} '{raw[:100]}' is not a GUID: ids look like "
+                         "3f2b8c1e-4d5a-4b6c-9e7f-0a1b2c3d4e5f.", target=name,
+                         code="InvalidBackupId") from None
+
+
+def verify_backup(req: func.HttpRequest, services: AppServices) -> func.HttpResponse:
+    """POST /api/backups/{backupId}/verify — queue a full verification of one backup
+    (every byte re-read; with BACKUP_DRILL_CERT decrypted and authenticated too)."""
+
+    def work() -> func.HttpResponse:
+        query(req, _NO_PARAMS)
+        backup_id = _route_id(req, "backupId")
+        with services:
+            if services.jobs.get(backup_id) is None:
+                find_backup(services.share, services.layout, backup_id)  # 404 if not there
+            verification_id = submit_verification(
+                jobs=services.verifications, claim=services.verify_claim,
+                queue=services.queue, maintenance=services.maintenance, trigger="http",
+                clock=services.clock, stamp_id=services.stamp_id,
+                fields={"targetBackupId": backup_id, "requestedBy": _principal(req)})
+        location = url_for(req, f"{_base(req, services)}/verifications/{verification_id}")
+        return json_response(202, {"verificationId": verification_id, "backupId": backup_id,
+                                   "status": "Queued", "location": location},
+                             headers={"Location": location})
+
+    return handle(work)
+
+
+def get_verification(req: func.HttpRequest, services: AppServices) -> func.HttpResponse:
+    """GET /api/verifications/{verificationId}"""
+
+    def work() -> func.HttpResponse:
+        query(req, _NO_PARAMS)
+        verification_id = _route_id(req, "verificationId")
+        record = services.verifications.get(verification_id)
+        if record is None:
+            raise NotFoundError(f"No verification job {verification_id} for this stamp.")
         return json_response(200, record)
 
     return handle(work)

@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from infrabackup.app.verify import RunLater, run_verification
 from infrabackup.catalog import list_backups
 from infrabackup.errors import (
     ConfigError,
@@ -55,6 +56,9 @@ from infrabackup.jobs.backup_job import JobDependencies, job_fields, run_backup_
 from infrabackup.jobs.job_queue import JobMessage, MalformedMessage, salvage
 from infrabackup.jobs.job_recovery import end_interrupted, holder, new_run_token, owner_alive
 from infrabackup.jobs.job_store import FINISHED, JobStore, StampClaim
+from infrabackup.jobs.storage import MAX_DEQUEUE_COUNT
+from infrabackup.jobs.verify_job import KIND as VERIFY_KIND
+from infrabackup.jobs.verify_job import fail_poisoned_verification
 from infrabackup.retention import prune
 from infrabackup.services import AppServices
 
@@ -90,6 +94,15 @@ def process_message(
     lock_wait = LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
     poll = LOCK_POLL_SECONDS if poll is None else poll
     with services:
+        verification = _verification(body)
+        if verification is not None:
+            try:
+                # The verification runs with its own stamp's settings and share.
+                with services.for_stamp(verification.stamp_id) as stamp:
+                    return run_verification(stamp, verification, message_id=message_id,
+                                            dequeue_count=dequeue_count, sleep=sleep)
+            except RunLater as exc:
+                raise RetryLater(str(exc)) from None
         opened = _open_job(services, body, message_id, dequeue_count)
     if isinstance(opened, str):
         return opened
@@ -112,6 +125,16 @@ def process_message(
         if status in ("Succeeded", "PartialSucceeded"):
             _apply_retention(services, jobs, job.backup_id)
         return status
+
+
+def _verification(body: bytes) -> JobMessage | None:
+    """The verification job a message names (kind ``verify``), or None (a backup job, or
+    a message that is not a job: :func:`_open_job` records it)."""
+    try:
+        job = JobMessage.decode(body)
+    except MalformedMessage:
+        return None
+    return job if job.kind == VERIFY_KIND else None
 
 
 def _open_job(services: AppServices, body: bytes, message_id: str, dequeue_count: int
@@ -340,13 +363,18 @@ def fail_poisoned(services: AppServices, body: bytes, *, message_id: str,
     unless a run of it still holds the share lock (a long backup outlived its message's
     redeliveries): that run ends the job itself."""
     with services:
+        verification = _verification(body)
+        if verification is not None:
+            return fail_poisoned_verification(services.table, verification, message_id,
+                                              MAX_DEQUEUE_COUNT, services.clock)
         opened = _open_job(services, body, message_id, dequeue_count)
     if isinstance(opened, str):
         return opened
     job, jobs, claim = opened
     with services.for_stamp(job.stamp_id) as services:
         error = GeneralFault(
-            f"The job's queue message was delivered {dequeue_count} time(s) without the job "
+            f"The job's queue message was delivered {_deliveries(jobs, job.backup_id)} "
+            "time(s) without the job "
             "finishing and was moved to the poison queue. Every delivery is in the "
             "function's log; the next scheduled run, or POST /api/backups, tries again.")
         try:
@@ -375,6 +403,14 @@ def fail_poisoned(services: AppServices, body: bytes, *, message_id: str,
             _telemetry_failed(services, job.backup_id, error)
             claim.release(job.backup_id, job_ended=True)
         return "Failed"
+
+
+def _deliveries(jobs: JobStore, backup_id: str) -> int:
+    """How often the host delivered a poisoned job's message: its poison copy is a new
+    message (its own dequeue count is 1), so the count is host.json's maxDequeueCount,
+    or the job record's own count of deliveries if that is higher."""
+    recorded = (jobs.get(backup_id) or {}).get("deliveryCount")
+    return max(int(recorded) if isinstance(recorded, int) else 0, MAX_DEQUEUE_COUNT)
 
 
 def _end_poisoned(services: AppServices, jobs: JobStore, claim: StampClaim, backup_id: str,

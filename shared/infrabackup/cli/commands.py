@@ -369,7 +369,8 @@ def list_command(all_stamps: bool, as_json: bool) -> int:
         _end_interrupted_records(jobs)
         records = list(jobs.records())
         header = (f"{'BACKUP ID':36}  {'STATUS':16}  {'CREATED (UTC)':19}  {'TIME':>7}  "
-                  f"{'SIZE':>11}  {'VERSION':12}  CERTIFICATE / REASON / ALERT")
+                  f"{'SIZE':>11}  {'VERSION':12}  {'VERIFIED (UTC, LEVEL, READY)':32}  "
+                  "CERTIFICATE / REASON / ALERT")
         emit(as_json, {"source": "jobRecords", "backups": records},
              "\n".join([header, *map(record_line, records)]) if records else "No backups yet.")
         return EXIT_OK

@@ -76,4 +76,15 @@ def record_line(r: dict[str, Any]) -> str:
     why = r.get("reason") or (r.get("alert") or {}).get("name") or r.get("thumbprint") or ""
     return (f"{r.get('backupId', ''):36}  {r.get('status', ''):16}  "
             f"{str(r.get('createdUtc', ''))[:19].replace('T', ' '):19}  {took}  {size}  "
-            f"{r.get('stampVersion') or '':12}  {why}")
+            f"{r.get('stampVersion') or '':12}  {_verified(r):32}  {why}")
+
+
+def _verified(r: dict[str, Any]) -> str:
+    """The VERIFIED column: when, at which level, recoveryReady; CORRUPTED when damaged."""
+    if not r.get("lastVerifiedUtc"):
+        return "-"
+    ready = r.get("recoveryReady")
+    shown = {True: " ready", False: " NOT READY"}.get(ready, "") if isinstance(ready, bool) \
+        else (" ready?" if ready else "")
+    state = "CORRUPTED" if r.get("verificationOk") is False else r.get("verificationLevel", "")
+    return f"{str(r['lastVerifiedUtc'])[:16].replace('T', ' ')} {state}{shown}"

@@ -4,13 +4,18 @@ A message is one small JSON object (base64 on the wire, as the Functions queue t
 expects)::
 
     {"version": 1, "backupId": "<guid>", "stamp": "<domain>_<region>",
-     "stampId": "<stamp id>", "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>"}
+     "stampId": "<stamp id>", "trigger": "http" | "schedule", "requestedUtc": "<ISO 8601>",
+     "kind": "backup" | "verify"}
 
 ``stamp`` is the job's table partition (:func:`infrabackup.jobs.storage.stamp_key`),
 ``stampId`` the stamp of the fleet whose settings the worker runs it with
 (:mod:`infrabackup.stamps`; a message without it, written before the fleet, is the stamp
 ``default``). The format is extended by adding fields (a reader ignores fields it does not
 know); ``version`` changes only when a field changes meaning.
+
+``kind`` (absent: ``backup``) says what the job is: a backup (``backupId`` is the backup's
+id) or a verification (:mod:`infrabackup.jobs.verify_job`; ``backupId`` is the
+verification job's id, whose record names what it verifies).
 
 It names the job; everything else (settings, keys, the share) the worker reads itself,
 so no secret ever travels through the queue.
@@ -49,6 +54,7 @@ log = logging.getLogger("infrabackup.queue")
 
 MESSAGE_VERSION = 1
 TRIGGERS = ("http", "schedule")
+KINDS = ("backup", "verify")
 #: Larger than any message we write; a bigger one is not ours.
 MAX_MESSAGE_BYTES = 4096
 #: Our messages are flat objects; deeper nesting is refused before parsing.
@@ -66,6 +72,7 @@ class JobMessage:
     trigger: str
     requested: dt.datetime
     stamp_id: str = DEFAULT_STAMP
+    kind: str = "backup"
 
     def encode(self) -> str:
         return json.dumps({
@@ -75,6 +82,7 @@ class JobMessage:
             "stampId": self.stamp_id,
             "trigger": self.trigger,
             "requestedUtc": self.requested.isoformat(),
+            "kind": self.kind,
         })
 
     @classmethod
@@ -108,7 +116,10 @@ class JobMessage:
             requested = dt.datetime.fromisoformat(str(data.get("requestedUtc")))
         except ValueError:
             raise MalformedMessage("requestedUtc is not an ISO 8601 time") from None
-        return cls(backup_id, stamp, trigger, requested, stamp_id)
+        kind = data.get("kind", "backup")
+        if kind not in KINDS:
+            raise MalformedMessage(f"kind {_shown(kind)} is not one of {', '.join(KINDS)}")
+        return cls(backup_id, stamp, trigger, requested, stamp_id, kind)
 
 
 def salvage(body: bytes) -> tuple[str | None, str | None]:

@@ -128,10 +128,15 @@ def from_entity(entity: dict[str, Any]) -> dict[str, Any]:
 class JobStore:
     """The job records of one stamp (a :class:`~infrabackup.jobs.backup_job.JobRecord`)."""
 
-    def __init__(self, table: TableClient, stamp: str, clock: Clock = utcnow) -> None:
+    def __init__(self, table: TableClient, stamp: str, clock: Clock = utcnow, *,
+                 kind: str = "jobs", id_field: str = "backupId") -> None:
+        """``kind`` and ``id_field``: the partition prefix and the field naming a record's
+        id (``verify`` / ``verificationId``: the verification jobs of
+        :mod:`infrabackup.jobs.verify_job`)."""
         self.table = table
         self.stamp = stamp
-        self.partition = f"jobs.{stamp}"
+        self.partition = f"{kind}.{stamp}"
+        self.id_field = id_field
         self.clock = clock
         self._keys: dict[str, str] = {}
         self._keys_lock = threading.Lock()
@@ -143,7 +148,7 @@ class JobStore:
         created = self.clock()
         key = row_key(created, backup_id)
         entity = {"PartitionKey": self.partition, "RowKey": key, **to_entity({
-            "backupId": backup_id, "createdUtc": created.isoformat(), **fields})}
+            self.id_field: backup_id, "createdUtc": created.isoformat(), **fields})}
         with translate_storage_errors(f"recording job {backup_id}"):
             self.table.create_entity(entity)
         with self._keys_lock:
@@ -205,7 +210,7 @@ class JobStore:
                 parameters={"pk": self.partition, "s": "Running"}))
         with self._keys_lock:
             for e in entities:
-                self._keys[str(e.get("backupId"))] = str(e["RowKey"])
+                self._keys[str(e.get(self.id_field))] = str(e["RowKey"])
         return [(from_entity(e), str(e.metadata["etag"])) for e in entities]
 
     def get(self, backup_id: str) -> dict[str, Any] | None:
@@ -265,7 +270,7 @@ class JobStore:
                 return self._keys[backup_id]
         with translate_storage_errors(f"finding job {backup_id}"):
             found = list(self.table.query_entities(
-                "PartitionKey eq @pk and backupId eq @id",
+                f"PartitionKey eq @pk and {self.id_field} eq @id",
                 parameters={"pk": self.partition, "id": backup_id},
                 select=["RowKey"],
             ))

@@ -47,6 +47,9 @@ TABLE_NAME = "infrabackupjobs"
 QUEUE_NAME = "infrabackup-jobs"
 #: Where the Functions host moves a message that failed ``maxDequeueCount`` times.
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
+#: host.json's ``extensions.queues.maxDequeueCount``: deliveries before a message is
+#: poisoned (tests/test_function_app.py checks that the two agree).
+MAX_DEQUEUE_COUNT = 5
 
 _created: set[tuple[str, str]] = set()
 _created_lock = threading.Lock()
