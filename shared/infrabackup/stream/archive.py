@@ -194,9 +194,16 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
         header = _header(path, "file", mode, mtime, size)
         padding = b"\0" * (-size % BLOCK)
         remaining = size
+        grew = None  # whether it grew while read, when the small-file read already says
         if 0 < size <= SMALL_FILE:
             # One item for header, data and padding: per-item costs dominate small files.
-            chunk = handle.read(size)
+            # One byte more than the size: a file that grew says so in the same call.
+            chunk = handle.read(size + 1)
+            grew = len(chunk) > size
+            if grew:
+                chunk = chunk[:size]
+            elif len(chunk) < size:
+                grew = None  # a short read: the rest is read below, and checked after
             remaining -= len(chunk)
             if progress:
                 progress(len(chunk))
@@ -214,7 +221,7 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
             if progress:
                 progress(len(chunk))
             yield chunk
-        changed = remaining > 0 or bool(handle.read(1))
+        changed = remaining > 0 or (grew if grew is not None else bool(handle.read(1)))
         if remaining:
             # The file shrank while we read it: keep the archive well-formed.
             yield b"\0" * remaining
