@@ -81,15 +81,23 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
+#: The byte sum of a header's constant fields (uid, gid, the checksum field as spaces,
+#: magic and version): the checksum adds only the fields that vary, not all 512 bytes.
+_CONSTANT_SUM = sum(b"0000000\0" * 2 + b" " * 8 + b"ustar\0" + b"00")
+
+
 def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int,
            linkname: bytes = b"") -> bytes:
-    header = bytearray(_USTAR.pack(
-        name, b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
-        b"%011o\0" % mtime, b" " * 8, typeflag, linkname, b"ustar\0", b"00",
+    name, linkname = name[:100], linkname[:100]  # what the fields hold (pack truncates)
+    mode_field, size_field = b"%07o\0" % mode, b"%011o\0" % size
+    mtime_field = b"%011o\0" % mtime
+    checksum = (_CONSTANT_SUM + sum(name) + sum(mode_field) + sum(size_field)
+                + sum(mtime_field) + typeflag[0] + sum(linkname))
+    return _USTAR.pack(
+        name, mode_field, b"0000000\0", b"0000000\0", size_field, mtime_field,
+        b"%06o\0 " % checksum, typeflag, linkname, b"ustar\0", b"00",
         b"", b"", b"", b"", b"",
-    ))
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    )
 
 
 def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
