@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infrabackup.backup import BackupContext, run_backup, stamp_layout
+from infrabackup.backup import BackupContext, run_backup
 from infrabackup.keys.provider import decryption_keyring, encryption_wrapper
 from infrabackup.keys.wrap import GeneratedCertificate, generate_certificate
-from infrabackup.layout import StampLayout
+from infrabackup.layout import StampLayout, stamp_layout
 from infrabackup.manifest import Manifest
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share import LocalShare, Share

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from infrabackup.alerts import Alert
-from infrabackup.backup import stamp_layout
 from infrabackup.catalog import list_backups
 from infrabackup.errors import (
     AuthenticationError,
@@ -28,19 +27,14 @@ from infrabackup.errors import (
 )
 from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
 from infrabackup.keys.provider import decryption_keyring
+from infrabackup.layout import stamp_layout
 from infrabackup.manifest import Manifest
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import prune
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share import open_share
 from tests.helpers import Keys, make_keys, tree, write_random
-from tests.servers.samba import (  # noqa: F401 - fixtures
-    SambaServer,
-    SambaSet,
-    free_port,
-    samba,
-    samba_victim,
-)
+from tests.servers.samba import SambaServer, SambaSet, free_port
 
 TIMEOUT = 3.0
 
@@ -67,7 +61,7 @@ class Stamp:
         self.source = source
 
     def with_share(self, share_settings: Settings, **overrides: str) -> Settings:
-        return load_settings({**share_settings.raw, **self.stamp_env, **overrides})
+        return load_settings({**share_settings.given, **self.stamp_env, **overrides})
 
     def backup(self, settings: Settings | None = None) -> Manifest:
         settings = settings or self.good
@@ -124,7 +118,7 @@ def source(tmp_path: Path) -> Path:
     ],
 )
 def test_settings_faults_alert_and_lose_nothing(
-    samba: SambaSet, keys: Keys, source: Path, tmp_path: Path,  # noqa: F811
+    samba: SambaSet, keys: Keys, source: Path, tmp_path: Path,
     fault: str, kind: type[InfraBackupError], alert: Alert,
 ) -> None:
     folder = f"faults-{fault.replace(' ', '-')}"
@@ -149,7 +143,7 @@ def test_settings_faults_alert_and_lose_nothing(
 
 
 def test_a_full_share_alerts_capacity_and_loses_nothing(
-    samba: SambaSet, keys: Keys, tmp_path: Path  # noqa: F811
+    samba: SambaSet, keys: Keys, tmp_path: Path
 ) -> None:
     source = tmp_path / "acs"
     write_random(source / "small.db", 256 * 1024, seed=2)
@@ -191,7 +185,7 @@ def _during_upload(server: SambaServer, action: Callable[[], None]) -> Iterator[
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
 def test_a_server_that_dies_or_hangs_mid_backup_alerts_connectivity_and_loses_nothing(
-    samba_victim: SambaServer, keys: Keys, tmp_path: Path, fault: str  # noqa: F811
+    samba_victim: SambaServer, keys: Keys, tmp_path: Path, fault: str
 ) -> None:
     source = tmp_path / "acs"
     write_random(source / "small.db", 256 * 1024, seed=4)

@@ -29,7 +29,6 @@ from infrabackup.ncrontab import parse_schedule
 from infrabackup.settings import is_safe_name, load_settings
 from infrabackup.versions import parse_version
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_cli import run
 from tests.test_function_app import (  # noqa: F401  (fixtures)
     call,

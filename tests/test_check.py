@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from infrabackup.settings import Settings
-from tests.servers.samba import PASSWORD, SambaSet, free_port, samba  # noqa: F401 - fixture
+from tests.servers.samba import PASSWORD, SambaSet, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STAMP = {"BACKUP_EXTERNAL_DOMAIN": "contoso.com", "BACKUP_REGION": "nyc"}
@@ -25,7 +25,7 @@ def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {k: v for k, v in settings.raw.items() if k.startswith("BACKUP_")}
+    return {k: v for k, v in settings.given.items() if k.startswith("BACKUP_")}
 
 
 def test_check_probes_a_local_folder_and_reports_capacity(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_check_probes_a_local_folder_and_reports_capacity(tmp_path: Path) -> Non
         "contoso.com", "contoso.com/nyc"]
 
 
-def test_check_probes_a_real_smb_share(samba: SambaSet) -> None:  # noqa: F811
+def test_check_probes_a_real_smb_share(samba: SambaSet) -> None:
     proc = check(_env(samba.settings("plain")))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -50,7 +50,7 @@ def test_check_probes_a_real_smb_share(samba: SambaSet) -> None:  # noqa: F811
     assert probes == []
 
 
-def test_check_names_the_alert_and_remediation_when_it_fails(samba: SambaSet) -> None:  # noqa: F811
+def test_check_names_the_alert_and_remediation_when_it_fails(samba: SambaSet) -> None:
     cases = {
         "Backup failed due to authentication issue": samba.settings("plain",
                                                                     password="not-it-1"),

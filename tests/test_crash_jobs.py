@@ -42,8 +42,6 @@ from infrabackup.share import Share, open_share
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Stamp, tree, write_random
 from tests.helpers import run_command as command
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
-from tests.servers.samba import samba  # noqa: F401
 from tests.test_function_app import (  # noqa: F401  (fixtures)
     backup_folders,
     deliver,

@@ -32,10 +32,9 @@ from typing import Any
 
 import pytest
 
-from infrabackup.backup import utcnow
 from infrabackup.catalog import list_backups
 from infrabackup.keys.provider import decryption_keyring
-from infrabackup.layout import format_timestamp
+from infrabackup.layout import format_timestamp, utcnow
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.retention import plan_prune
 from infrabackup.retention import prune as run_prune
@@ -45,7 +44,7 @@ from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, tree
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
 from tests.servers.samba import USERNAME as SAMBA_USERNAME
-from tests.servers.samba import SambaSet, samba  # noqa: F401
+from tests.servers.samba import SambaSet
 
 BACKUPS = 10  # all past retention; the newest three PartialSucceeded
 COMPONENTS = [("ACS", "backup"), ("CRP", "backup"), ("KeyVault", "backup"),
@@ -265,7 +264,7 @@ def test_prune_killed_at_many_points_loses_nothing_and_the_next_prune_finishes(
 
 
 @pytest.fixture
-def smb_folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:  # noqa: F811
+def smb_folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:
     name = f"crash-{uuid.uuid4().hex[:8]}"
     folder = samba.share_dir("plain") / name
     folder.mkdir()
@@ -274,7 +273,7 @@ def smb_folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:  # noqa: F811
 
 
 def test_prune_over_smb_killed_at_many_points_loses_nothing(
-    template: Template, smb_folder: tuple[Path, str], samba: SambaSet,  # noqa: F811
+    template: Template, smb_folder: tuple[Path, str], samba: SambaSet,
     tmp_path: Path,
 ) -> None:
     folder, name = smb_folder

@@ -39,14 +39,7 @@ from infrabackup.staging import sweep
 from infrabackup.swap_journal import recover_source, recover_sources
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Keys, Stamp, make_keys, stamp_with_sources, write_random
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.samba import samba  # noqa: F401 - fixtures
-from tests.sources_helpers import (
-    BLOB_SETTING,
-    SmbFolder,
-    read_tree,
-    smb_folder,  # noqa: F401 - fixture
-)
+from tests.sources_helpers import BLOB_SETTING, SmbFolder, read_tree
 
 EXCLUDE = ["*.tmp", "cache"]
 RESERVED = (".infrabackup-restore-", ".infrabackup-replaced-", ".infrabackup-journal")
@@ -354,7 +347,7 @@ def test_restore_to_a_directory_source_survives_kills_at_every_step(
 
 
 def test_restore_to_an_smb_source_survives_kills_at_every_step(
-    tmp_path: Path, keys: Keys, private_tmp: Path, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, private_tmp: Path, smb_folder: SmbFolder
 ) -> None:
     stamp = stamp_with_sources(tmp_path, keys, [smb_folder.spec(exclude=EXCLUDE)],
                                SmbFolder.env())
@@ -482,7 +475,7 @@ def _blob_selected(blobs: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def test_restore_to_a_blob_source_survives_kills_at_every_step(
-    tmp_path: Path, keys: Keys, private_tmp: Path, azurite: str  # noqa: F811
+    tmp_path: Path, keys: Keys, private_tmp: Path, azurite: str
 ) -> None:
     service = BlobServiceClient.from_connection_string(azurite)
     made: list[ContainerClient] = []

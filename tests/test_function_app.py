@@ -38,10 +38,10 @@ from infrabackup.app import worker
 from infrabackup.jobs.storage import QUEUE_NAME, TABLE_NAME
 from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, load_settings
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
-from tests.servers.azurite import ACCOUNT_KEY, azurite, azurite_server  # noqa: F401
+from tests.servers.azurite import ACCOUNT_KEY
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
 from tests.servers.samba import USERNAME as SAMBA_USERNAME
-from tests.servers.samba import SambaSet, samba  # noqa: F401
+from tests.servers.samba import SambaSet
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "http://infrabackup.example.test"
@@ -59,7 +59,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture
-def queue(azurite: str) -> QueueClient:  # noqa: F811
+def queue(azurite: str) -> QueueClient:
     """The job queue, empty: what the host would read from."""
     client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
                                                 message_decode_policy=TextBase64DecodePolicy())
@@ -79,7 +79,7 @@ def _stamp(tmp_path: Path, keys: Keys) -> Stamp:
 
 
 @pytest.fixture
-def stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,  # noqa: F811
+def stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
           monkeypatch: pytest.MonkeyPatch) -> Stamp:
     """A stamp on a local-folder share, its settings in the environment as app settings."""
     s = _stamp(tmp_path, keys)
@@ -89,8 +89,8 @@ def stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,  # noqa:
 
 
 @pytest.fixture
-def smb_stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,  # noqa: F811
-              samba: SambaSet, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stamp]:  # noqa: F811
+def smb_stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
+              samba: SambaSet, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stamp]:
     """The same stamp on the real Samba share (a folder of its own in ``plain``)."""
     s = _stamp(tmp_path, keys)
     folder = f"fa-{uuid.uuid4().hex[:8]}"
@@ -200,7 +200,7 @@ def share_root(stamp: Stamp) -> Path:
 SMB_FOLDERS: dict[str, Path] = {}
 
 
-def table_rows(azurite: str) -> list[dict[str, Any]]:  # noqa: F811
+def table_rows(azurite: str) -> list[dict[str, Any]]:
     table = TableServiceClient.from_connection_string(azurite).get_table_client(TABLE_NAME)
     return [dict(e) for e in table.list_entities()]
 
@@ -273,7 +273,7 @@ def test_host_json_sample_settings_and_funcignore() -> None:
 
 @pytest.mark.parametrize("share_kind", ["local", "smb"])
 def test_post_queue_worker_then_get_end_to_end(share_kind: str, request: pytest.FixtureRequest,
-                                               queue: QueueClient, azurite: str) -> None:  # noqa: F811
+                                               queue: QueueClient, azurite: str) -> None:
     stamp: Stamp = request.getfixturevalue("stamp" if share_kind == "local" else "smb_stamp")
 
     # Given an operator's POST: 202, Queued, a Location, a message on the queue.
@@ -800,7 +800,7 @@ def test_bad_app_settings_answer_500_naming_the_setting(
 
 
 def test_configuration_masks_every_secret(stamp: Stamp, monkeypatch: pytest.MonkeyPatch,
-                                          azurite: str) -> None:  # noqa: F811
+                                          azurite: str) -> None:
     key = base64.b64encode(LEGACY_KEY_MARK.encode() * 4).decode()
     monkeypatch.setenv("BACKUP_ENCRYPTION_KEY", key)
     monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING",
@@ -829,7 +829,7 @@ def test_an_unreachable_job_store_answers_502_naming_the_setting(
 
 
 def test_a_claim_left_behind_by_a_crash_does_not_block_the_stamp(
-        stamp: Stamp, queue: QueueClient, azurite: str) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, azurite: str) -> None:
     from infrabackup.services import AppServices
 
     services = AppServices()

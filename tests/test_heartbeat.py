@@ -46,13 +46,7 @@ from tests.helpers import Keys, make_keys, make_stamp, write_random
 from tests.kusto import analyse, rule_query
 from tests.kusto.evaluator import parse_datetime
 from tests.kusto.monitor import Event, Rule
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.ingestion import (  # noqa: F401 - fixtures
-    IngestionServer,
-    azure_monitor,
-    base_data,
-    ingestion,
-)
+from tests.servers.ingestion import IngestionServer, base_data
 
 SDK_EVENT_PROPERTIES = {"logger_name"}
 H = dt.timedelta(hours=1)
@@ -64,7 +58,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture
-def queue(azurite: str) -> QueueClient:  # noqa: F811
+def queue(azurite: str) -> QueueClient:
     client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
                                                 message_decode_policy=TextBase64DecodePolicy())
     with contextlib.suppress(ResourceExistsError):
@@ -128,9 +122,9 @@ class App:
 
 
 @pytest.fixture
-def app(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,  # noqa: F811
-        azure_monitor: AzureMonitorTelemetry,  # noqa: F811
-        ingestion: IngestionServer) -> App:  # noqa: F811
+def app(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
+        azure_monitor: AzureMonitorTelemetry,
+        ingestion: IngestionServer) -> App:
     stamp = make_stamp(tmp_path, keys)
     write_random(stamp.source_dir("ACS") / "db.bin", 64 * 1024)
     stamp.env["BACKUP_REGION"] = f"hb{uuid.uuid4().hex[:10]}"  # its own table partition

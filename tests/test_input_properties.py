@@ -37,7 +37,6 @@ from infrabackup.jobs.storage import TABLE_NAME
 from infrabackup.layout import backup_id_or_none
 from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, SETTING_NAME_RE, load_settings
 from tests.helpers import Keys, Stamp, make_keys
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_function_app import HOST, SHARE_PASSWORD, queue, stamp  # noqa: F401
 
 #: Derandomized, no example database, no per-example deadline (CI machines are slow).

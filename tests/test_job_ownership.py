@@ -35,8 +35,6 @@ from infrabackup.share import open_share
 from tests.crash import REPO, cli
 from tests.helpers import Stamp, write_random
 from tests.helpers import run_command as command
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
-from tests.servers.samba import samba  # noqa: F401
 from tests.test_function_app import (  # noqa: F401  (fixtures)
     backup_folders,
     deliver,

@@ -59,11 +59,7 @@ from infrabackup.keys.wrap import (
     generate_legacy_key,
 )
 from infrabackup.settings import ALL_SETTINGS, Secret, Settings
-from tests.servers.keyvault import (  # noqa: F401 - pytest fixtures
-    KeyVaultStandIn,
-    keyvault,
-    keyvault_server,
-)
+from tests.servers.keyvault import KeyVaultStandIn
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 PASSWORD = "pfx-password-8f2c1e"
@@ -79,7 +75,7 @@ def certs() -> list[GeneratedCertificate]:
 
 
 @pytest.fixture
-def access(keyvault: KeyVaultStandIn) -> KeyVaultAccess:  # noqa: F811
+def access(keyvault: KeyVaultStandIn) -> KeyVaultAccess:
     return KeyVaultAccess(keyvault.credential(), keyvault.client_options())
 
 
@@ -154,7 +150,7 @@ def test_a_vault_url_must_be_https_and_a_vault_host() -> None:
 
 
 def test_certificate_url_without_version_gives_the_current_version(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     current = keyvault.add_certificate("backup", certs[1].pfx, PASSWORD)
@@ -167,7 +163,7 @@ def test_certificate_url_without_version_gives_the_current_version(
 
 
 def test_certificate_url_with_version_gives_that_version(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     first = keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     keyvault.add_certificate("backup", certs[1].pfx, PASSWORD)
@@ -184,7 +180,7 @@ def test_certificate_url_with_version_gives_that_version(
 
 
 def test_encryption_reads_only_the_certificate_never_the_secret(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
 
@@ -196,7 +192,7 @@ def test_encryption_reads_only_the_certificate_never_the_secret(
 
 
 def test_an_expiring_vault_certificate_still_wraps_and_is_reported(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     short = generate_certificate("short", PASSWORD, days=10, bits=2048)
     keyvault.add_certificate("short", short.pfx, PASSWORD)
@@ -215,7 +211,7 @@ def test_an_expiring_vault_certificate_still_wraps_and_is_reported(
 
 @pytest.mark.parametrize("kind", ["secrets", "certificates"])
 def test_pfx_from_the_secret_unwraps_what_the_vault_certificate_wrapped(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],
     kind: str,
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -233,7 +229,7 @@ def test_pfx_from_the_secret_unwraps_what_the_vault_certificate_wrapped(
 
 
 def test_a_pfx_uploaded_as_a_plain_secret_opens_with_the_password_setting(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_secret("manual", base64.b64encode(certs[2].pfx).decode(), "application/x-pkcs12")
     key = data_key()
@@ -255,7 +251,7 @@ def test_a_pfx_uploaded_as_a_plain_secret_opens_with_the_password_setting(
 
 
 def test_after_rotation_new_backups_use_the_new_version_and_old_ones_still_restore(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     cert_url = f"{keyvault.url}/certificates/backup"
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -280,7 +276,7 @@ def test_after_rotation_new_backups_use_the_new_version_and_old_ones_still_resto
 
 
 def test_a_pinned_secret_version_is_the_only_one_tried(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     second = keyvault.add_certificate("backup", certs[1].pfx, PASSWORD)
@@ -297,7 +293,7 @@ def test_a_pinned_secret_version_is_the_only_one_tried(
 
 
 def test_a_backup_whose_certificate_is_in_no_version_names_the_thumbprint_it_needs(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     keyvault.add_certificate("backup", certs[1].pfx, PASSWORD)
@@ -314,7 +310,7 @@ def test_a_backup_whose_certificate_is_in_no_version_names_the_thumbprint_it_nee
 
 
 def test_a_disabled_old_version_is_skipped_and_said_so(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     first = keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     keyvault.add_certificate("backup", certs[1].pfx, PASSWORD)
@@ -334,7 +330,7 @@ def test_a_disabled_old_version_is_skipped_and_said_so(
 
 
 def test_legacy_key_from_a_secret_wraps_and_unwraps(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     keyvault.add_secret("legacy", generate_legacy_key())
     value = Secret(f"{keyvault.url}/secrets/legacy")
@@ -348,7 +344,7 @@ def test_legacy_key_from_a_secret_wraps_and_unwraps(
 
 
 def test_a_legacy_secret_that_is_no_key_is_a_config_error_without_its_value(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     keyvault.add_secret("legacy", "not-a-key-5e1d")
 
@@ -363,7 +359,7 @@ def test_a_legacy_secret_that_is_no_key_is_a_config_error_without_its_value(
 
 
 def test_a_missing_certificate_is_a_path_fault_naming_it_and_the_vault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     with pytest.raises(PathError) as caught:
         encryption_wrapper(
@@ -376,7 +372,7 @@ def test_a_missing_certificate_is_a_path_fault_naming_it_and_the_vault(
 
 
 def test_a_missing_secret_version_is_a_path_fault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     missing = uuid.uuid4().hex
@@ -388,7 +384,7 @@ def test_a_missing_secret_version_is_a_path_fault(
 
 
 def test_a_disabled_certificate_is_a_key_material_error(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     keyvault.disable("certificates", "backup")
@@ -406,7 +402,7 @@ def test_a_disabled_certificate_is_a_key_material_error(
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_token_is_an_authentication_fault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],
     status: int,
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -426,7 +422,7 @@ def test_a_refused_token_is_an_authentication_fault(
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_throttling_or_a_failing_service_is_a_retryable_general_fault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],
     status: int,
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -465,7 +461,7 @@ def test_every_azure_exception_is_translated_into_one_service_error(
 
 
 def test_a_credential_that_cannot_get_a_token_is_an_authentication_fault(
-    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate]
 ) -> None:
     class NoIdentity:
         def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
@@ -481,7 +477,7 @@ def test_a_credential_that_cannot_get_a_token_is_an_authentication_fault(
 
 
 def test_a_vault_that_is_down_is_a_fast_connectivity_fault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate]
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
     keyvault.down()
@@ -498,7 +494,7 @@ def test_a_vault_that_is_down_is_a_fast_connectivity_fault(
 
 
 def test_a_vault_host_that_does_not_resolve_is_a_path_fault(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     with pytest.raises(PathError, match="does not resolve"):
         encryption_wrapper(
@@ -508,7 +504,7 @@ def test_a_vault_host_that_does_not_resolve_is_a_path_fault(
 
 
 def test_a_secret_url_for_the_encryption_certificate_is_refused_before_any_request(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     with pytest.raises(ConfigError, match="is a secret URL"):
         encryption_wrapper(
@@ -521,7 +517,7 @@ def test_a_secret_url_for_the_encryption_certificate_is_refused_before_any_reque
 
 
 def test_the_default_access_uses_the_managed_identity_named_by_azure_client_id(
-    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate],  # noqa: F811
+    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -544,7 +540,7 @@ def test_the_default_access_uses_the_managed_identity_named_by_azure_client_id(
 
 
 def test_keygen_imports_a_certificate_whose_urls_round_trip_a_data_key(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     imported = keygen_to_vault(keyvault.url, "fresh", access=access, bits=2048)
 
@@ -561,7 +557,7 @@ def test_keygen_imports_a_certificate_whose_urls_round_trip_a_data_key(
 
 
 def test_keygen_again_rotates_and_the_first_certificate_still_restores(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     first = keygen_to_vault(keyvault.url, "rot", access=access, bits=2048)
     key = data_key()
@@ -579,7 +575,7 @@ def test_keygen_again_rotates_and_the_first_certificate_still_restores(
 
 
 def test_keygen_import_keeps_the_private_key_exportable(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess
 ) -> None:
     keygen_to_vault(keyvault.url, "policy", access=access, bits=2048)
 
@@ -601,7 +597,7 @@ def test_keygen_refuses_a_bad_vault_url_or_name_before_generating(
 
 
 def test_no_secret_value_appears_in_logs_errors_or_reprs(
-    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],  # noqa: F811
+    keyvault: KeyVaultStandIn, access: KeyVaultAccess, certs: list[GeneratedCertificate],
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -663,7 +659,7 @@ def test_no_secret_value_appears_in_logs_errors_or_reprs(
 
 
 def _secret_values(
-    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], legacy: str  # noqa: F811
+    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], legacy: str
 ) -> dict[str, str]:
     values = {"legacy key": legacy, "PFX password": PASSWORD}
     for cert in certs:
@@ -720,7 +716,7 @@ def _clear_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def vault_env(
-    keyvault: KeyVaultStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    keyvault: KeyVaultStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
     """Settings for a local-folder share, one directory source, and Key Vault URLs; the
     credential is the production DefaultAzureCredential via the managed-identity endpoint."""
@@ -760,7 +756,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_cli_backup_and_restore_with_key_vault_urls_across_a_rotation(
-    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], vault_env: Path,  # noqa: F811
+    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], vault_env: Path,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -788,7 +784,7 @@ def test_cli_backup_and_restore_with_key_vault_urls_across_a_rotation(
 
 
 def test_cli_backup_that_cannot_get_its_certificate_writes_nothing(
-    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], vault_env: Path,  # noqa: F811
+    keyvault: KeyVaultStandIn, certs: list[GeneratedCertificate], vault_env: Path,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     keyvault.add_certificate("backup", certs[0].pfx, PASSWORD)
@@ -802,7 +798,7 @@ def test_cli_backup_that_cannot_get_its_certificate_writes_nothing(
     assert list((tmp_path / "share").rglob("*")) == []
 
 
-def test_cli_keygen_into_key_vault_prints_both_urls(keyvault, vault_env, capsys):  # noqa: F811
+def test_cli_keygen_into_key_vault_prints_both_urls(keyvault, vault_env, capsys):
     code, out, err = _cli(
         capsys, "keygen", "--key-vault", keyvault.url, "--name", "fromcli", "--json")
     assert code == 0, err

@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from infrabackup.backup import stamp_layout
 from infrabackup.errors import IntegrityError
 from infrabackup.keys.provider import decryption_keyring
 from infrabackup.keys.wrap import KeyRing
+from infrabackup.layout import stamp_layout
+from infrabackup.localfs import remove_tree
 from infrabackup.manifest import Manifest
 from infrabackup.restore import restore_backup, unlock, verify_backup
 from infrabackup.restore_sources import restore_to_sources
@@ -27,11 +28,10 @@ from infrabackup.settings import SourceSpec, load_settings
 from infrabackup.share import LocalShare
 from infrabackup.sources import DirectorySource, SourceEntry
 from infrabackup.sources.smb import SmbSource
-from infrabackup.stream.archive import ArchiveStats, extract_stream, remove_tree, tar_stream
+from infrabackup.stream.archive import ArchiveStats, extract_stream, tar_stream
 from infrabackup.stream.encryption import canonical_json, check_manifest_mac
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, stamp_with_sources, tree
-from tests.servers.samba import samba  # noqa: F401 - fixture
-from tests.sources_helpers import SmbFolder, smb_folder  # noqa: F401 - fixture
+from tests.sources_helpers import SmbFolder
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "data" / "format1-legacy"
@@ -501,7 +501,7 @@ def _smb_source(tmp_path: Path, keys: Keys, folder: SmbFolder) -> tuple[Stamp, S
 
 
 def test_smb_upload_skips_names_smb_cannot_hold_and_uploads_the_rest(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     local = tmp_path / "staged"
     (local / "sub").mkdir(parents=True)
@@ -529,7 +529,7 @@ def test_smb_upload_skips_names_smb_cannot_hold_and_uploads_the_rest(
 
 
 def test_a_deep_smb_source_backs_up_and_restores_into_itself(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     leaf = _deep(smb_folder.local, 1100) / "leaf.txt"
     try:

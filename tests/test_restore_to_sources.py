@@ -16,23 +16,20 @@ import pytest
 
 from infrabackup.errors import ConfigError, IntegrityError, RefusedError
 from infrabackup.manifest import Manifest
-from infrabackup.restore_sources import LocalTree, restore_to_sources, swap_blobs, swap_tree
+from infrabackup.restore_sources import restore_to_sources, swap_blobs, swap_tree
 from infrabackup.settings import load_settings
 from infrabackup.sources import SourceError
 from infrabackup.sources.blob import BlobSource
+from infrabackup.sources.directory import LocalTree
 from tests.helpers import Keys, Stamp, make_keys, write_random
 from tests.helpers import stamp_with_sources as _stamp
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.samba import samba  # noqa: F401 - fixtures
 from tests.sources_helpers import (
     EXCLUDE,
     BlobFolder,
     SmbFolder,
-    blob_folder,  # noqa: F401 - fixture
     expected_tree,
     fill_sample,
     read_tree,
-    smb_folder,  # noqa: F401 - fixture
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +208,7 @@ def test_a_swap_failing_at_any_step_is_undone(tmp_path: Path, keys: Keys) -> Non
 
 
 def test_smb_source_is_replaced_exactly(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     fill_sample(smb_folder.local)
     sibling = smb_folder.local.parent / (smb_folder.local.name + "-sibling")
@@ -237,7 +234,7 @@ def test_smb_source_is_replaced_exactly(
 
 
 def test_tampered_backup_changes_nothing_on_the_smb_source(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     (smb_folder.local / "cfg.json").write_text("backed up")
     stamp = _stamp(tmp_path, keys, [smb_folder.spec()], SmbFolder.env())
@@ -253,7 +250,7 @@ def test_tampered_backup_changes_nothing_on_the_smb_source(
 
 
 def test_blob_source_is_replaced_exactly(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     sample = tmp_path / "sample"
     fill_sample(sample, empty_folder=False)
@@ -283,7 +280,7 @@ def test_blob_source_is_replaced_exactly(
 
 
 def test_tampered_backup_changes_nothing_in_the_container(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     blob_folder.put("kv/a.json", b"backed up")
     stamp = _stamp(tmp_path, keys, [blob_folder.spec()], blob_folder.env())
@@ -309,7 +306,7 @@ class _FailingBlobs(BlobSource):
 
 
 def test_a_blob_swap_failing_at_any_copy_is_undone(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     settings = load_settings({**blob_folder.env(), "BACKUP_SOURCES": json.dumps(
         [blob_folder.spec()])})
@@ -341,7 +338,7 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_command_restores_to_sources_and_refuses_a_version_gap(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     acs = tmp_path / "acs"
     acs.mkdir()

@@ -29,17 +29,13 @@ from pathlib import Path
 
 import pytest
 
+from infrabackup.cli.render import exit_code
 from infrabackup.errors import LockHeldError, PathError
 from infrabackup.share import open_share
 from infrabackup.share.base import PARTIAL_MARKER, Share
 from infrabackup.share.local import LocalShare
 from infrabackup.share.smb import SmbShare, wire
-from tests.servers.samba import (  # noqa: F401 - the session fixtures
-    SambaSet,
-    SambaVariants,
-    samba,
-    samba_variants,
-)
+from tests.servers.samba import SambaSet, SambaVariants
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -102,7 +98,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             made.append(SmbShare.from_settings(settings))
             return made[-1]
 
-        spec = {"kind": "smb", "env": dict(settings.raw)}
+        spec = {"kind": "smb", "env": dict(settings.given)}
     try:
         yield Backend(request.param, make, spec)
     finally:
@@ -348,7 +344,7 @@ def test_lock_is_exclusive_across_share_objects_and_names_the_holder(backend: Ba
         assert "backup 1111 (scheduled)" in message
         assert f"pid {os.getpid()}" in message
         assert "since" in message
-        assert caught.value.exit_code == 3
+        assert exit_code(caught.value) == 3
     with (
         second.lock("locks/stamp.lock", "backup 2222"),
         pytest.raises(LockHeldError, match="backup 2222"),
@@ -423,7 +419,7 @@ def _acquire_within(share: Share, path: str, seconds: float) -> bool:
             time.sleep(0.1)
 
 
-def test_smb_requests_stay_within_what_the_server_negotiated(samba: SambaSet) -> None:  # noqa: F811
+def test_smb_requests_stay_within_what_the_server_negotiated(samba: SambaSet) -> None:
     """A server that allows smaller requests than ours (SMB 2.0.2: 64 KiB) still works."""
     share = open_share(samba.settings("plain"))
     assert isinstance(share, SmbShare)

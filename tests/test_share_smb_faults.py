@@ -39,23 +39,14 @@ from infrabackup.errors import (
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share.base import PARTIAL_MARKER
 from infrabackup.share.smb import TIMED_OUT, SmbShare, SmbTarget, translate_smb_error
-from tests.servers.samba import (  # noqa: F401 - fixtures
-    PASSWORD,
-    SMALL_SHARE_BYTES,
-    SambaServer,
-    SambaSet,
-    free_port,
-    samba,
-    samba_noenc,
-    samba_victim,
-)
+from tests.servers.samba import PASSWORD, SMALL_SHARE_BYTES, SambaServer, SambaSet, free_port
 
 MiB = 1024 * 1024
 TIMEOUT = 3.0  # BACKUP_SHARE_TIMEOUT_SECONDS for the fault tests
 
 
 @pytest.fixture
-def folder(samba: SambaSet) -> str:  # noqa: F811
+def folder(samba: SambaSet) -> str:
     """A fresh base folder inside the plain share."""
     name = f"f-{uuid.uuid4().hex[:12]}"
     samba.share_dir("plain").joinpath(name).mkdir()
@@ -180,7 +171,7 @@ def test_the_mapped_exceptions_are_what_smbprotocol_raises() -> None:
     ids=["wrong-password", "unknown-user"],
 )
 def test_bad_credentials_are_an_authentication_fault_and_not_retried(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
     folder: str,
     username: str,
     password: str,
@@ -204,7 +195,7 @@ def test_bad_credentials_are_an_authentication_fault_and_not_retried(
     ids=["no-credentials", "no-password"],
 )
 def test_missing_credentials_are_an_authentication_fault(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
     credentials: dict[str, str],
 ) -> None:
     env = {
@@ -221,7 +212,7 @@ def test_missing_credentials_are_an_authentication_fault(
     share.close()
 
 
-def test_a_missing_share_is_a_path_fault(samba: SambaSet) -> None:  # noqa: F811
+def test_a_missing_share_is_a_path_fault(samba: SambaSet) -> None:
     share = open_share(samba.settings("NoSuchShare"))
     with pytest.raises(PathError) as caught:
         share.list_dir("")
@@ -231,7 +222,7 @@ def test_a_missing_share_is_a_path_fault(samba: SambaSet) -> None:  # noqa: F811
 
 
 def test_a_missing_base_folder_is_a_path_fault_for_every_operation(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
 ) -> None:
     share = open_share(samba.settings("plain", "no-such-folder"))
     with pytest.raises(PathError) as listing:
@@ -247,7 +238,7 @@ def test_a_missing_base_folder_is_a_path_fault_for_every_operation(
     share.close()
 
 
-def test_an_unresolvable_host_name_is_a_path_fault(samba: SambaSet) -> None:  # noqa: F811
+def test_an_unresolvable_host_name_is_a_path_fault(samba: SambaSet) -> None:
     share = open_share(samba.settings("plain", host="fileserver.nowhere.invalid"))
     with pytest.raises(PathError) as caught:
         share.capacity()
@@ -258,7 +249,7 @@ def test_an_unresolvable_host_name_is_a_path_fault(samba: SambaSet) -> None:  # 
 
 
 def test_a_closed_port_is_a_connectivity_fault_retried_with_backoff(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
 ) -> None:
     share = open_share(samba.settings("plain", port=free_port()), backoff=0.2)
     started = time.monotonic()
@@ -272,7 +263,7 @@ def test_a_closed_port_is_a_connectivity_fault_retried_with_backoff(
     share.close()
 
 
-def test_a_transient_outage_is_bridged_by_the_retries(samba_victim: SambaServer) -> None:  # noqa: F811
+def test_a_transient_outage_is_bridged_by_the_retries(samba_victim: SambaServer) -> None:
     share = open_share(samba_victim.settings("plain"), backoff=0.5)
     share.write_stream("before.bin", [b"before"])
     samba_victim.kill()
@@ -290,8 +281,9 @@ def test_a_transient_outage_is_bridged_by_the_retries(samba_victim: SambaServer)
 
 
 def test_disk_full_is_a_capacity_fault_and_leaves_no_partial_file(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
 ) -> None:
+    samba.empty_small()
     share = open_share(samba.settings("small"))
     share.write_stream("earlier.bin", [b"an earlier backup"])
     with pytest.raises(CapacityError) as caught:
@@ -312,7 +304,7 @@ def test_disk_full_is_a_capacity_fault_and_leaves_no_partial_file(
     share.close()
 
 
-def test_a_read_only_share_is_an_authentication_fault(samba: SambaSet) -> None:  # noqa: F811
+def test_a_read_only_share_is_an_authentication_fault(samba: SambaSet) -> None:
     samba.share_dir("readonly").joinpath("existing.txt").write_bytes(b"readable")
     share = open_share(samba.settings("readonly"))
     assert "existing.txt" in {e.name for e in share.list_dir("")}  # reading works
@@ -337,7 +329,7 @@ def stream_with_fault(total_mib: int, at_mib: int, fault: object) -> Iterator[by
         yield os.urandom(MiB)
 
 
-def test_smbd_killed_mid_write_is_a_connectivity_fault(samba_victim: SambaServer) -> None:  # noqa: F811
+def test_smbd_killed_mid_write_is_a_connectivity_fault(samba_victim: SambaServer) -> None:
     share = open_share(samba_victim.settings("plain", timeout=TIMEOUT), backoff=0.1)
     earlier = os.urandom(2 * MiB)
     share.write_stream("earlier.bin", [earlier])
@@ -364,7 +356,7 @@ def test_smbd_killed_mid_write_is_a_connectivity_fault(samba_victim: SambaServer
 
 
 def test_a_connection_reset_mid_write_removes_the_partial_when_the_server_is_up(
-    samba_victim: SambaServer,  # noqa: F811
+    samba_victim: SambaServer,
 ) -> None:
     share = open_share(samba_victim.settings("plain", timeout=TIMEOUT), backoff=0.1)
     killed: list[int] = []
@@ -384,7 +376,7 @@ def test_a_connection_reset_mid_write_removes_the_partial_when_the_server_is_up(
 
 
 def test_a_read_survives_a_connection_reset_by_reopening_at_the_same_offset(
-    samba_victim: SambaServer,  # noqa: F811
+    samba_victim: SambaServer,
 ) -> None:
     share = open_share(samba_victim.settings("plain", timeout=TIMEOUT), backoff=0.1)
     data = os.urandom(12 * MiB)
@@ -399,7 +391,7 @@ def test_a_read_survives_a_connection_reset_by_reopening_at_the_same_offset(
 
 
 def test_smbd_frozen_mid_write_ends_as_a_connectivity_fault_within_the_deadline(
-    samba_victim: SambaServer,  # noqa: F811
+    samba_victim: SambaServer,
 ) -> None:
     share = open_share(samba_victim.settings("plain", timeout=TIMEOUT))
     earlier = os.urandom(2 * MiB)
@@ -426,7 +418,7 @@ def test_smbd_frozen_mid_write_ends_as_a_connectivity_fault_within_the_deadline(
     share.close()
 
 
-def test_a_frozen_server_cannot_hang_connecting_either(samba_victim: SambaServer) -> None:  # noqa: F811
+def test_a_frozen_server_cannot_hang_connecting_either(samba_victim: SambaServer) -> None:
     share = open_share(samba_victim.settings("plain", timeout=2), retries=0)
     samba_victim.freeze()
     started = time.monotonic()
@@ -452,7 +444,7 @@ def session_of(share: SmbShare) -> object:
 
 @pytest.mark.parametrize("share_name", ["plain", "encrypted"])
 def test_encryption_is_used_when_the_server_offers_it(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
     folder: str,
     share_name: str,
 ) -> None:
@@ -462,7 +454,7 @@ def test_encryption_is_used_when_the_server_offers_it(
     share.close()
 
 
-def test_without_encryption_on_offer_the_session_is_signed(samba_noenc: SambaServer) -> None:  # noqa: F811
+def test_without_encryption_on_offer_the_session_is_signed(samba_noenc: SambaServer) -> None:
     share = open_share(samba_noenc.settings("plain"))
     assert share.write_stream("x.bin", [b"signed"]) == 6
     session = session_of(share)
@@ -472,7 +464,7 @@ def test_without_encryption_on_offer_the_session_is_signed(samba_noenc: SambaSer
 
 
 def test_required_encryption_refuses_a_server_that_does_not_offer_it(
-    samba_noenc: SambaServer,  # noqa: F811
+    samba_noenc: SambaServer,
 ) -> None:
     share = open_share(samba_noenc.settings("plain", require_encryption=True))
     with pytest.raises(AuthenticationError) as caught:
@@ -486,7 +478,7 @@ def test_required_encryption_refuses_a_server_that_does_not_offer_it(
 
 
 def test_required_encryption_works_with_a_server_that_offers_it(
-    samba: SambaSet,  # noqa: F811
+    samba: SambaSet,
     folder: str,
 ) -> None:
     share = open_share(samba.settings("plain", folder, require_encryption=True))
@@ -495,7 +487,7 @@ def test_required_encryption_works_with_a_server_that_offers_it(
     share.close()
 
 
-def test_the_description_and_repr_carry_no_password(samba: SambaSet) -> None:  # noqa: F811
+def test_the_description_and_repr_carry_no_password(samba: SambaSet) -> None:
     share = open_share(samba.settings("plain", "sub"))
     assert share.description == r"\\127.0.0.1\plain\sub"
     assert PASSWORD not in repr(share) and PASSWORD not in share.description

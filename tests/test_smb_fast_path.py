@@ -24,13 +24,8 @@ from smbprotocol.header import Commands
 
 from infrabackup.errors import ConnectivityError
 from infrabackup.share.smb import SmbShare, wire
-from infrabackup.share.smb.pipe import _Cutter
-from tests.servers.samba import (  # noqa: F401 - fixtures
-    SambaServer,
-    SambaVariants,
-    samba_noenc,
-    samba_variants,
-)
+from infrabackup.stream.chunks import Cutter
+from tests.servers.samba import SambaServer, SambaVariants
 from tests.servers.tamper import (
     FLAG_ASYNC,
     FLAG_SIGNED,
@@ -134,7 +129,7 @@ def test_transform_nonces_never_repeat_and_tampering_is_refused() -> None:
 
 def test_the_cutter_takes_exact_requests_without_copying() -> None:
     chunks = [b"a" * 5, b"b" * 7, b"", b"c" * 3]
-    cutter = _Cutter(chunks)
+    cutter = Cutter(chunks)
     pieces, got = cutter.take(6)
     assert got == 6 and b"".join(pieces) == b"aaaaab"
     assert all(isinstance(p, memoryview) for p in pieces)
@@ -156,7 +151,7 @@ def test_credit_charge(length: int, multi: bool, charge: int) -> None:
 
 
 def test_a_server_granting_few_credits_gets_smaller_requests(
-    samba_variants: SambaVariants,  # noqa: F811
+    samba_variants: SambaVariants,
 ) -> None:
     server = samba_variants("credits-16")  # a 2 MiB request costs 32 credits
     proxy = TamperProxy(server.port).start()
@@ -177,7 +172,7 @@ def test_a_server_granting_few_credits_gets_smaller_requests(
 
 
 @pytest.fixture
-def signed(samba_noenc: SambaServer) -> Iterator[tuple[SambaServer, TamperProxy]]:  # noqa: F811
+def signed(samba_noenc: SambaServer) -> Iterator[tuple[SambaServer, TamperProxy]]:
     """The signed-only (3.1.1, AES-GMAC) server behind a tampering proxy."""
     proxy = TamperProxy(samba_noenc.port).start()
     try:
@@ -325,7 +320,7 @@ def test_a_tampered_answer_to_smbprotocols_own_request_is_refused_too(
 
 
 def test_an_encrypted_answer_with_a_flipped_byte_is_refused(
-    samba_variants: SambaVariants,  # noqa: F811
+    samba_variants: SambaVariants,
 ) -> None:
     server = samba_variants("encrypted-3.0.2")  # AES-128-CCM; GCM is the contract's default
     proxy = TamperProxy(server.port).start()

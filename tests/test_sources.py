@@ -27,8 +27,7 @@ from infrabackup.sources.blob import BlobSource
 from infrabackup.sources.smb import SmbSource
 from tests.helpers import Keys, Stamp, make_keys, write_random
 from tests.helpers import stamp_with_sources as _stamp
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.samba import PASSWORD, USERNAME, samba  # noqa: F401 - fixtures
+from tests.servers.samba import PASSWORD, USERNAME
 from tests.sources_helpers import (
     BLOB_SETTING,
     EXCLUDE,
@@ -36,12 +35,10 @@ from tests.sources_helpers import (
     SMB_USER_SETTING,
     BlobFolder,
     SmbFolder,
-    blob_folder,  # noqa: F401 - fixture
     expected_tree,
     files_only,
     fill_sample,
     read_tree,
-    smb_folder,  # noqa: F401 - fixture
 )
 
 
@@ -69,7 +66,7 @@ def test_directory_source_round_trips_with_exclude(tmp_path: Path, keys: Keys) -
 
 
 def test_smb_source_round_trips_with_exclude_unicode_nesting_and_empty_folder(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     fill_sample(smb_folder.local)
     stamp = _stamp(tmp_path, keys, [smb_folder.spec(exclude=EXCLUDE)], SmbFolder.env())
@@ -83,7 +80,7 @@ def test_smb_source_round_trips_with_exclude_unicode_nesting_and_empty_folder(
 
 
 def test_smb_source_include_keeps_only_matching_files(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     fill_sample(smb_folder.local)
     stamp = _stamp(tmp_path, keys, [smb_folder.spec(include=["*.json"], exclude=["cache"])],
@@ -95,7 +92,7 @@ def test_smb_source_include_keeps_only_matching_files(
 
 
 def test_blob_source_round_trips_with_prefix_exclude_and_unicode(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     sample = tmp_path / "sample"
     fill_sample(sample, empty_folder=False)
@@ -112,7 +109,7 @@ def test_blob_source_round_trips_with_prefix_exclude_and_unicode(
 
 
 def test_blob_names_that_cannot_be_paths_are_skipped_and_listed(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     blob_folder.put("kv/good.json", b"1")
     blob_folder.put("kv/a//b.json", b"empty part")
@@ -129,7 +126,7 @@ def test_blob_names_that_cannot_be_paths_are_skipped_and_listed(
 
 
 def test_empty_components_of_every_type_succeed(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder, blob_folder: BlobFolder
 ) -> None:
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
@@ -178,7 +175,7 @@ def _change_after_first_read(source: S, path: str, change: Callable[[], None]) -
 
 
 def test_smb_file_changing_while_read_is_recorded_as_changed(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     write_random(smb_folder.local / "big.bin", 3 * 1024 * 1024, seed=1)
     (smb_folder.local / "calm.txt").write_text("unchanged")
@@ -209,7 +206,7 @@ def test_smb_file_changing_while_read_is_recorded_as_changed(
 
 
 def test_smb_file_vanishing_before_it_is_read_is_recorded(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     (smb_folder.local / "gone.json").write_text("{}")
     (smb_folder.local / "stays.json").write_text("{}")
@@ -234,7 +231,7 @@ def test_smb_file_vanishing_before_it_is_read_is_recorded(
 
 
 def test_blob_changing_while_read_is_recorded_as_changed(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     original = write_random(tmp_path / "orig.bin", 2 * 1024 * 1024 + 5, seed=3).read_bytes()
     blob_folder.put("kv/big.bin", original)
@@ -253,7 +250,7 @@ def test_blob_changing_while_read_is_recorded_as_changed(
 
 
 def test_blob_changed_after_it_was_read_whole_is_recorded(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     blob_folder.put("kv/small.json", b'{"v": 1}')
     stamp = _stamp(tmp_path, keys, [blob_folder.spec()], blob_folder.env())
@@ -269,7 +266,7 @@ def test_blob_changed_after_it_was_read_whole_is_recorded(
 
 
 def test_blob_vanishing_before_it_is_read_is_recorded(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     blob_folder.put("kv/gone.json", b"{}")
     blob_folder.put("kv/stays.json", b"{}")
@@ -293,7 +290,7 @@ def test_blob_vanishing_before_it_is_read_is_recorded(
 
 
 def test_unreadable_smb_source_fails_its_component_naming_its_settings(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -312,7 +309,7 @@ def test_unreadable_smb_source_fails_its_component_naming_its_settings(
 
 
 def test_missing_smb_folder_fails_its_component(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder
 ) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -327,7 +324,7 @@ def test_missing_smb_folder_fails_its_component(
 
 
 def test_missing_container_and_bad_connection_string_fail_their_components(
-    tmp_path: Path, keys: Keys, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, blob_folder: BlobFolder
 ) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -350,7 +347,7 @@ def test_missing_container_and_bad_connection_string_fail_their_components(
 
 
 def test_region_scoped_smb_and_blob_components_land_in_region_folders_and_are_pruned(
-    tmp_path: Path, keys: Keys, smb_folder: SmbFolder, blob_folder: BlobFolder  # noqa: F811
+    tmp_path: Path, keys: Keys, smb_folder: SmbFolder, blob_folder: BlobFolder
 ) -> None:
     (smb_folder.local / "tor1.cfg").write_text("hostname tor1")
     blob_folder.put("kv/reg.json", b"{}")

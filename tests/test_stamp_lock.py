@@ -26,7 +26,7 @@ from infrabackup.share import LocalShare
 from infrabackup.share.smb import SmbShare
 from tests.crash import REPO, cli
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
-from tests.servers.samba import PASSWORD, USERNAME, SambaSet, samba  # noqa: F401
+from tests.servers.samba import PASSWORD, USERNAME, SambaSet
 
 LOCK = "contoso.com/nyc/infrabackup.lock"
 
@@ -37,7 +37,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture
-def folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:  # noqa: F811
+def folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:
     """A folder of the Samba share: its local path, and its UNC path on the server."""
     name = f"lock-{uuid.uuid4().hex[:8]}"
     local = samba.share_dir("plain") / name
@@ -45,12 +45,12 @@ def folder(samba: SambaSet) -> Iterator[tuple[Path, str]]:  # noqa: F811
     yield local, f"\\\\127.0.0.1\\plain\\{name}"
 
 
-def smb_share(samba: SambaSet, unc_folder: str) -> SmbShare:  # noqa: F811
+def smb_share(samba: SambaSet, unc_folder: str) -> SmbShare:
     return SmbShare.from_settings(samba.settings("plain", unc_folder.rsplit("\\", 1)[1]))
 
 
 def test_a_local_lock_refuses_an_smb_lock_of_the_same_folder_and_keeps_its_holder_text(
-        samba: SambaSet, folder: tuple[Path, str]) -> None:  # noqa: F811
+        samba: SambaSet, folder: tuple[Path, str]) -> None:
     local_path, unc = folder
     local, remote = LocalShare(local_path), smb_share(samba, unc)
     try:
@@ -68,7 +68,7 @@ def test_a_local_lock_refuses_an_smb_lock_of_the_same_folder_and_keeps_its_holde
 
 
 def test_an_smb_lock_refuses_a_local_lock_of_the_same_folder(
-        samba: SambaSet, folder: tuple[Path, str]) -> None:  # noqa: F811
+        samba: SambaSet, folder: tuple[Path, str]) -> None:
     local_path, unc = folder
     local, remote = LocalShare(local_path), smb_share(samba, unc)
     try:
@@ -99,7 +99,7 @@ def _env(stamp: Stamp, **extra: str) -> dict[str, str]:
     return {**base, **stamp.env, **extra}
 
 
-def _smb_env(samba: SambaSet, unc: str) -> dict[str, str]:  # noqa: F811
+def _smb_env(samba: SambaSet, unc: str) -> dict[str, str]:
     return {"BACKUP_SHARE_PATH": unc, "BACKUP_SHARE_PORT": str(samba.main.port),
             "BACKUP_SHARE_USERNAME": USERNAME, "BACKUP_SHARE_PASSWORD": PASSWORD,
             "BACKUP_SHARE_TIMEOUT_SECONDS": "20"}
@@ -122,7 +122,7 @@ def _stopped_while_holding_the_lock(env: dict[str, str], masbackup: Path
 
 @pytest.mark.parametrize("first", ["local", "smb"])
 def test_a_backup_over_the_local_path_and_one_over_smb_never_run_at_once(
-        first: str, samba: SambaSet, folder: tuple[Path, str], keys: Keys,  # noqa: F811
+        first: str, samba: SambaSet, folder: tuple[Path, str], keys: Keys,
         tmp_path: Path) -> None:
     local_path, unc = folder
     stamp = make_stamp(tmp_path, keys)

@@ -22,22 +22,22 @@ import pytest
 
 from infrabackup.errors import RestoreTargetError, SourceBusyError
 from infrabackup.restore import restore_backup
-from infrabackup.restore_sources import LocalTree, swap_blobs, swap_tree
+from infrabackup.restore_sources import swap_blobs, swap_tree
 from infrabackup.settings import load_settings
 from infrabackup.sources import SourceError
-from infrabackup.sources.blob import BlobSource
+from infrabackup.sources.base import JOURNAL_FILE
+from infrabackup.sources.blob import BlobSite, BlobSource
+from infrabackup.sources.directory import LocalTree
 from infrabackup.staging import RESTORING_PREFIX, hold_new_folder, sweep
-from infrabackup.swap_journal import JOURNAL_FILE, BlobSite, recover_blobs, recover_source
+from infrabackup.swap_journal import recover_blobs, recover_source
 from tests.crash import cli
 from tests.helpers import Keys, make_keys, stamp_with_sources, write_random
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.samba import SambaSet, samba  # noqa: F401 - fixture
+from tests.servers.samba import SambaSet
 from tests.sources_helpers import (
     SMB_PASSWORD_SETTING,
     SMB_USER_SETTING,
     BlobFolder,
     SmbFolder,
-    blob_folder,  # noqa: F401 - fixture
     read_tree,
 )
 
@@ -201,7 +201,7 @@ class _BreakingBlobs(BlobSource):
 
 
 def test_a_blob_swap_whose_undo_fails_is_undone_by_the_next_run(
-    blob_folder: BlobFolder  # noqa: F811
+    blob_folder: BlobFolder
 ) -> None:
     settings = load_settings({**blob_folder.env(), "BACKUP_SOURCES": json.dumps(
         [blob_folder.spec()])})
@@ -225,7 +225,7 @@ def test_a_blob_swap_whose_undo_fails_is_undone_by_the_next_run(
 
 
 def test_a_second_restore_into_a_locked_blob_source_is_refused(
-    blob_folder: BlobFolder  # noqa: F811
+    blob_folder: BlobFolder
 ) -> None:
     settings = load_settings({**blob_folder.env(), "BACKUP_SOURCES": json.dumps(
         [blob_folder.spec()])})
@@ -335,7 +335,7 @@ def test_a_full_restore_target_names_it_on_the_command_line(
 
 
 def test_a_backup_that_may_only_read_fails_a_half_swapped_smb_source_naming_the_restore(
-    tmp_path: Path, keys: Keys, private_tmp: Path, samba: SambaSet  # noqa: F811
+    tmp_path: Path, keys: Keys, private_tmp: Path, samba: SambaSet
 ) -> None:
     """The backup account may read, not change, the source (read-only share): the
     interrupted swap cannot be undone by the backup, so that component fails saying so,

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from infrabackup.alerts import Alert
-from infrabackup.backup import stamp_layout
 from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
@@ -36,6 +35,7 @@ from infrabackup.errors import (
 )
 from infrabackup.jobs.backup_job import JobDependencies, run_backup_job
 from infrabackup.keys.wrap import generate_certificate
+from infrabackup.layout import stamp_layout
 from infrabackup.manifest import Manifest
 from infrabackup.settings import Settings, load_settings
 from infrabackup.share import LocalShare
@@ -56,19 +56,8 @@ from infrabackup.telemetry import (
     configure_telemetry,
 )
 from tests.helpers import Keys, make_keys, make_stamp, write_random
-from tests.servers.ingestion import (  # noqa: F401 - fixtures
-    TEST_ENVIRONMENT,
-    IngestionServer,
-    azure_monitor,
-    base_data,
-    ingestion,
-)
-from tests.servers.samba import (  # noqa: F401 - fixtures
-    PASSWORD,
-    SambaSet,
-    free_port,
-    samba,
-)
+from tests.servers.ingestion import TEST_ENVIRONMENT, IngestionServer, base_data
+from tests.servers.samba import PASSWORD, SambaSet, free_port
 
 MiB = 1024 * 1024
 #: What the exporter adds to every custom event by itself (the Python logger's name).
@@ -98,7 +87,7 @@ class Run:
     error: InfraBackupError | None = None
 
 
-def stamp_settings(tmp: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
+def stamp_settings(tmp: Path, keys: Keys, ingestion: IngestionServer,
                    share_env: dict[str, str], sources: list[str] | None = None,
                    **extra: str) -> Settings:
     """A stamp's settings as operators set them: share, stamp, keys, sources, every secret."""
@@ -116,7 +105,7 @@ def stamp_settings(tmp: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F
     return load_settings(env)
 
 
-def smb_env(samba: SambaSet, share: str, *folders: str, password: str = PASSWORD,  # noqa: F811
+def smb_env(samba: SambaSet, share: str, *folders: str, password: str = PASSWORD,
             port: int | None = None) -> dict[str, str]:
     server = samba.small if share == "small" else samba.main
     return {
@@ -128,7 +117,7 @@ def smb_env(samba: SambaSet, share: str, *folders: str, password: str = PASSWORD
     }
 
 
-def fresh_folder(samba: SambaSet, share: str) -> str:  # noqa: F811
+def fresh_folder(samba: SambaSet, share: str) -> str:
     """A new empty folder in ``share`` (a UNC path's folders must exist)."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     samba.share_dir(share).joinpath(name).mkdir()
@@ -170,7 +159,7 @@ def duration_seconds(timespan: str) -> float:
     return ((int(days) * 24 + int(hours)) * 60 + int(minutes)) * 60 + float(seconds)
 
 
-def wait_for_event(ingestion: IngestionServer, name: str, backup_id: str) -> None:  # noqa: F811
+def wait_for_event(ingestion: IngestionServer, name: str, backup_id: str) -> None:
     # force_flush exports synchronously; the wait only covers a slow test machine.
     ingestion.wait_for(lambda: bool(ingestion.event_properties(name, backupId=backup_id)),
                        timeout=5)
@@ -180,8 +169,8 @@ def wait_for_event(ingestion: IngestionServer, name: str, backup_id: str) -> Non
 
 
 def test_a_successful_backup_sends_the_success_event_metrics_and_a_span_per_component(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,
 ) -> None:
     folder = fresh_folder(samba, "plain")
     settings = stamp_settings(tmp_path, keys, ingestion, smb_env(samba, "plain", folder),
@@ -256,8 +245,8 @@ def test_a_successful_backup_sends_the_success_event_metrics_and_a_span_per_comp
 
 
 def test_a_partial_success_is_a_success_event_with_its_status(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry,
 ) -> None:
     settings = stamp_settings(tmp_path, keys, ingestion, {}, sources=["ACS", "Gone"])
     write_random(tmp_path / "sources" / "ACS" / "a.bin", 1000)
@@ -300,8 +289,8 @@ FAULTS = {
 }
 
 
-def provoke(case: str, tmp: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-            samba: SambaSet) -> Settings:  # noqa: F811
+def provoke(case: str, tmp: Path, keys: Keys, ingestion: IngestionServer,
+            samba: SambaSet) -> Settings:
     """Settings that make a backup fail with ``case``'s alert against the real Samba."""
     if case == "capacity":
         # 12 MiB of incompressible data on the 8 MiB share: STATUS_DISK_FULL mid-write.
@@ -330,8 +319,8 @@ def provoke(case: str, tmp: Path, keys: Keys, ingestion: IngestionServer,  # noq
 
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_each_alert_sends_exactly_one_alert_event_with_the_seed_text_and_fault_code(
-    case: str, tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,  # noqa: F811
+    case: str, tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,
 ) -> None:
     fault = FAULTS[case]
     settings = provoke(case, tmp_path, keys, ingestion, samba)
@@ -378,8 +367,8 @@ def test_each_alert_sends_exactly_one_alert_event_with_the_seed_text_and_fault_c
 
 
 def test_the_next_success_follows_the_alert_for_the_same_stamp(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,
 ) -> None:
     """What closes an alert: the rules fire while a stamp's newest event is an alert."""
     folder = fresh_folder(samba, "plain")
@@ -407,8 +396,8 @@ def test_the_next_success_follows_the_alert_for_the_same_stamp(
 
 
 def test_a_refused_backup_raises_no_alert(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry,
 ) -> None:
     """Another backup of the stamp holds the lock: the rules working, not a failure."""
     settings = stamp_settings(tmp_path, keys, ingestion, {})
@@ -437,7 +426,7 @@ def test_without_a_connection_string_nothing_is_configured() -> None:
 
 
 def test_configuration_happens_once_per_process(
-    azure_monitor: AzureMonitorTelemetry,  # noqa: F811
+    azure_monitor: AzureMonitorTelemetry,
 ) -> None:
     other = "InstrumentationKey=11111111-1111-1111-1111-111111111111;" \
             "IngestionEndpoint=http://127.0.0.1:9/"
@@ -446,8 +435,8 @@ def test_configuration_happens_once_per_process(
 
 
 def test_a_broken_instrument_does_not_fail_the_backup_or_stop_the_event(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Broken:
@@ -494,8 +483,8 @@ def test_a_malformed_connection_string_leaves_the_service_running_without_teleme
 
 
 def test_no_secret_is_in_any_envelope(
-    tmp_path: Path, keys: Keys, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,  # noqa: F811
+    tmp_path: Path, keys: Keys, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry, samba: SambaSet,
 ) -> None:
     # Given backups that held every secret: a legacy-key backup and a certificate backup
     # (PFX password set) on the real share, and one failing with a wrong share password,
@@ -545,8 +534,8 @@ def test_no_secret_is_in_any_envelope(
 
 
 def test_a_soon_to_expire_certificate_is_reported_in_the_success_event(
-    tmp_path: Path, ingestion: IngestionServer,  # noqa: F811
-    azure_monitor: AzureMonitorTelemetry,  # noqa: F811
+    tmp_path: Path, ingestion: IngestionServer,
+    azure_monitor: AzureMonitorTelemetry,
 ) -> None:
     password = "soon-expiring-pfx-pw"
     cert = generate_certificate("soon", password, days=10, bits=2048)

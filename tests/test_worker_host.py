@@ -30,7 +30,7 @@ from openapi_spec_validator import validate
 
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
-from tests.servers.azurite import ACCOUNT_KEY, azurite, azurite_server  # noqa: F401
+from tests.servers.azurite import ACCOUNT_KEY
 from tests.worker_host import closing_note
 from tests.worker_host.host import FunctionsHost
 
@@ -80,7 +80,7 @@ def app_settings(stamp: Stamp, storage: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, azurite: str,  # noqa: F811
+def app(tmp_path_factory: pytest.TempPathFactory, azurite: str,
         request: pytest.FixtureRequest) -> Iterator[App]:
     tmp = tmp_path_factory.mktemp("worker-app")
     keys = make_keys(tmp / "keys")
@@ -211,7 +211,7 @@ def test_prune_needs_dry_run_and_lists_what_retention_would_delete(app: App) -> 
 
 
 def test_a_posted_backup_runs_through_the_queue_trigger_to_succeeded(app: App,
-                                                                    azurite: str) -> None:  # noqa: F811
+                                                                    azurite: str) -> None:
     # Given an operator's POST.
     posted = app.call("POST", "/api/backups", json={"note": "through the worker"})
     assert posted.status_code == 202, posted.text

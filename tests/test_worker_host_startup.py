@@ -17,7 +17,6 @@ from infrabackup.jobs.job_queue import submit_backup
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from infrabackup.services import AppServices
 from tests.helpers import Stamp, make_keys, make_stamp
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401
 from tests.test_worker_host import app_settings, clear_job_queues
 from tests.worker_host import closing_note
 from tests.worker_host.host import FunctionsHost
@@ -50,7 +49,7 @@ def stamp(tmp_path: Path) -> Stamp:
 
 
 def test_an_unset_backup_schedule_puts_only_the_timer_in_error(
-        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
+        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:
     # Given app settings without BACKUP_SCHEDULE (the app's own loader has a default).
     settings = app_settings(stamp, azurite)
     del settings["BACKUP_SCHEDULE"]
@@ -69,7 +68,7 @@ def test_an_unset_backup_schedule_puts_only_the_timer_in_error(
 
 
 def test_a_message_delivered_max_dequeue_count_times_goes_to_poison_and_fails_its_job(
-        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
+        stamp: Stamp, azurite: str, request: pytest.FixtureRequest) -> None:
     # Given a queued job whose message was delivered twice already without finishing
     # (two instances died running it), and maxDequeueCount 2.
     settings = app_settings(stamp, azurite)

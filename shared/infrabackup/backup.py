@@ -6,8 +6,8 @@ The order of events, and what each failure leaves behind:
    nothing.
 2. The stamp lock is taken (:class:`~infrabackup.errors.LockHeldError` if another backup
    runs), unless the caller holds it already. Holding it, the backup first removes what
-   runs that died left (:func:`remove_interrupted`): every run holds the lock while it
-   writes, so nothing unfinished under it can still be in progress.
+   runs that died left (:func:`infrabackup.retention.remove_interrupted`): every run
+   holds the lock while it writes, so nothing unfinished under it can still be in progress.
 3. Each component is streamed to ``<component>.bin`` (or its region folder). A source
    that cannot be read fails only its component; a share failure fails the backup.
    Before a source is read, what an interrupted restore into it left is finished or
@@ -24,7 +24,6 @@ on success or partial success.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import threading
@@ -39,16 +38,18 @@ from typing import Protocol
 from infrabackup.errors import ConnectivityError, GeneralFault, InfraBackupError
 from infrabackup.keys.wrap import KeyWrapper
 from infrabackup.layout import (
-    MANIFEST,
+    Clock,
     StampLayout,
-    backup_id_or_none,
     format_timestamp,
-    parse_timestamp,
+    stamp_layout,
+    utcnow,
 )
 from infrabackup.manifest import ComponentRecord, Manifest
 from infrabackup.names import shown
+from infrabackup.progress import NullProgress, Progress
+from infrabackup.retention import remove_interrupted
 from infrabackup.settings import Settings, SourceSpec
-from infrabackup.share.base import PARTIAL_MARKER, Share, join, parent_and_name
+from infrabackup.share.base import Share, parent_and_name, remove_if_empty
 from infrabackup.sources import Source, SourceError, open_source
 from infrabackup.staging import sweep
 from infrabackup.stream.archive import ArchiveStats, tar_stream
@@ -65,46 +66,15 @@ from infrabackup.stream.encryption import (
     new_data_key,
     new_digest,
 )
+from infrabackup.swap_journal import recover_source, swap_pending
 
 log = logging.getLogger("infrabackup.backup")
-
-Clock = Callable[[], dt.datetime]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Progress(Protocol):
-    """Receives progress; the CLI draws a bar, the Functions log milestones."""
-
-    def start(self, total_bytes: int | None) -> None: ...
-
-    def component(self, name: str) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def finish(self) -> None: ...
 
 
 class Observer(Protocol):
     """Hooks for telemetry: one span per component."""
 
     def component(self, name: str) -> AbstractContextManager[object]: ...
-
-
-class NullProgress:
-    def start(self, total_bytes: int | None) -> None:
-        pass
-
-    def component(self, name: str) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 class NullObserver:
@@ -154,28 +124,17 @@ class BackupContext:
     def recover(self, spec: SourceSpec) -> None:
         """Finish or undo what an interrupted restore left in the source; SourceError when
         it must not be read now (see :func:`infrabackup.swap_journal.recover_source`)."""
-        from infrabackup.swap_journal import recover_source  # local: keeps SDKs off this import
-
         self.recovered.extend(recover_source(spec, self.settings))
 
     def swap_started(self, spec: SourceSpec) -> bool:
         """Whether a restore's swap record is in the source now (one started while it was
         read). Not being able to look is not a reason to fail what was read."""
-        from infrabackup.swap_journal import swap_pending
-
         try:
             return swap_pending(spec, self.settings)
         except InfraBackupError as exc:
             log.warning("component %s: could not look for a restore's swap: %s", spec.name,
                         exc.message)
             return False
-
-
-def stamp_layout(settings: Settings) -> StampLayout:
-    """The share layout of the configured stamp (domain and region required)."""
-    settings.require("BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION")
-    assert settings.external_domain and settings.region
-    return StampLayout(settings.external_domain, settings.region, settings.scale_unit)
 
 
 def run_backup(ctx: BackupContext, backup_id: str | None = None) -> Manifest:
@@ -428,77 +387,3 @@ def _clean_up(
     except InfraBackupError as exc:
         log.warning("could not remove the failed backup %s yet (%s); the next prune will",
                     backup_id, exc.message)
-
-
-def remove_interrupted(share: Share, layout: StampLayout, settings: Settings) -> list[str]:
-    """Holding the stamp lock: remove what backups that died left; return the paths.
-
-    That is every backup folder without a ``manifest.json`` (a folder whose manifest is
-    unreadable stays: retention decides, an expert may want it) and every file of a
-    region-scoped source of ``settings`` (``<id>.bin`` or its ``.partial-`` temporary)
-    whose backup has no manifest. No age guard is needed: every writer holds the lock, so
-    none of this is in progress. A share error is logged and left to the next run.
-    """
-    removed: list[str] = []
-    try:
-        if share.stat(layout.masbackup) is None:
-            return removed
-        finished: set[str] = set()
-        for ts_entry in share.list_dir(layout.masbackup):
-            if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
-                continue
-            ts_path = join(layout.masbackup, ts_entry.name)
-            gone = len(removed)
-            entries = share.list_dir(ts_path)
-            if not entries:  # a run killed between creating it and its backup's folder
-                share.remove_tree(ts_path)
-                continue
-            for entry in entries:
-                backup_id = backup_id_or_none(entry.name)
-                if backup_id is None or not entry.is_dir:
-                    continue  # not a backup folder: not ours to judge
-                folder = join(ts_path, entry.name)
-                if share.stat(join(folder, MANIFEST)) is not None:
-                    finished.add(backup_id)
-                    continue
-                share.remove_tree(folder)
-                removed.append(folder)
-            if len(removed) > gone:
-                remove_if_empty(share, ts_path)
-        for spec in settings.sources:
-            if spec.scope == "region":
-                removed += _remove_region_leftovers(share, layout.region_component_dir(spec.name),
-                                                    finished)
-    except InfraBackupError as exc:
-        log.warning("could not remove what an interrupted backup left (%s); the next backup "
-                    "or prune will", exc.message)
-    if removed:
-        log.warning("removed what interrupted backups left: %s", ", ".join(removed))
-    return removed
-
-
-def _remove_region_leftovers(share: Share, folder: str, finished: set[str]) -> list[str]:
-    if share.stat(folder) is None:
-        return []
-    removed: list[str] = []
-    for ts_entry in share.list_dir(folder):
-        if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
-            continue
-        ts_path = join(folder, ts_entry.name)
-        gone = len(removed)
-        for entry in share.list_dir(ts_path):
-            # "<id>.bin", or a write in progress ".<id>.bin.partial-xxxxxxxx"
-            stem = entry.name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin")
-            backup_id = backup_id_or_none(stem)
-            if backup_id is not None and not entry.is_dir and backup_id not in finished:
-                share.remove(join(ts_path, entry.name))
-                removed.append(join(ts_path, entry.name))
-        if len(removed) > gone:
-            remove_if_empty(share, ts_path)
-    return removed
-
-
-def remove_if_empty(share: Share, path: str) -> None:
-    """Remove the folder ``path`` if nothing is left in it."""
-    if share.stat(path) is not None and not share.list_dir(path):
-        share.remove_tree(path)

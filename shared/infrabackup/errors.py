@@ -3,11 +3,12 @@
 Every failure the service reports is an :class:`InfraBackupError`. Lower-level
 exceptions (OSError, smbprotocol, Key Vault, Azure Storage) are translated into it
 at the boundary where they occur, so the rest of the code, the command line and the
-Functions only ever deal with this tree::
+Functions only ever deal with this tree (the command's exit codes for it are in
+:mod:`infrabackup.cli.render`: 2 for ConfigError, 3 for RefusedError, else 1)::
 
-    InfraBackupError                  exit 1 unless stated; .alert, .retryable, .code
-    ├── ConfigError                   exit 2: a bad setting, argument or request field
-    ├── RefusedError                  exit 3: maintenance window, lock held, version gap
+    InfraBackupError                  .alert, .retryable, .code
+    ├── ConfigError                   a bad setting, argument or request field
+    ├── RefusedError                  maintenance window, lock held, version gap
     │   ├── LockHeldError             another backup of the stamp is running
     │   └── SourceBusyError           a restore into that source is running
     ├── ShareError                    the share failed; .alert says which of the five
@@ -31,11 +32,6 @@ from __future__ import annotations
 
 from infrabackup.alerts import Alert
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-
 
 class InfraBackupError(Exception):
     """Base of every error the service reports.
@@ -53,7 +49,6 @@ class InfraBackupError(Exception):
     #: operators are shown only ``remediation``).
     alert_applies = True
     retryable = False
-    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, *, status: str | None = None) -> None:
         super().__init__(message)
@@ -83,7 +78,6 @@ class ConfigError(InfraBackupError):
     """A setting, argument or request field is wrong. Nothing has been written."""
 
     code = "ConfigurationError"
-    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         super().__init__(message)
@@ -94,7 +88,6 @@ class RefusedError(InfraBackupError):
     """The operation is refused by a rule (maintenance window, version gap, lock)."""
 
     code = "Refused"
-    exit_code = EXIT_REFUSED
 
 
 class LockHeldError(RefusedError):

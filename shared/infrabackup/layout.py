@@ -1,4 +1,4 @@
-"""Where things live on the share (see docs/FORMAT.md)::
+"""Where things live on the share (see docs/FORMAT.md), and the clock that names them::
 
     <domain>/<region>/MASBackup/<yyyyMMddTHHmmssZ>/<backup id>/manifest.json
     <domain>/<region>/MASBackup/<yyyyMMddTHHmmssZ>/<backup id>/<component>.bin
@@ -13,11 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from infrabackup.errors import ConfigError
 from infrabackup.inputs import quote
 from infrabackup.share.base import join
+
+if TYPE_CHECKING:
+    from infrabackup.settings import Settings
 
 MASBACKUP = "MASBackup"
 MANIFEST = "manifest.json"
@@ -29,6 +34,14 @@ TIMESTAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z", re.ASCII)
 #: A GUID as ids are written (hyphens optional): uuid.UUID alone also takes Unicode
 #: digits and underscores (int(..., 16) does), so "4_5" would name another backup.
 _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}", re.ASCII)
+
+
+#: What every run asks for the time (a test seam: backups of a fixed moment).
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def format_timestamp(when: dt.datetime) -> str:
@@ -91,3 +104,10 @@ class StampLayout:
 
     def region_component_dir(self, name: str) -> str:
         return join(self.region_root, name, self.scale_unit or "")
+
+
+def stamp_layout(settings: Settings) -> StampLayout:
+    """The share layout of the configured stamp (domain and region required)."""
+    settings.require("BACKUP_EXTERNAL_DOMAIN", "BACKUP_REGION")
+    assert settings.external_domain and settings.region
+    return StampLayout(settings.external_domain, settings.region, settings.scale_unit)

@@ -1,12 +1,39 @@
-"""A progress bar for long work on a terminal (stderr), quiet everywhere else."""
+"""Progress of long work: what receives it, and a bar on a terminal (stderr), quiet
+everywhere else."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 MIB = 1024 * 1024
+
+
+class Progress(Protocol):
+    """Receives progress; the CLI draws a bar, the Functions log milestones."""
+
+    def start(self, total_bytes: int | None) -> None: ...
+
+    def component(self, name: str) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total_bytes: int | None) -> None:
+        pass
+
+    def component(self, name: str) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 class TerminalProgress:

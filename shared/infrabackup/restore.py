@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infrabackup.backup import NullProgress, Progress
 from infrabackup.catalog import component_path, find_backup
 from infrabackup.errors import (
     ConfigError,
@@ -32,6 +31,7 @@ from infrabackup.errors import (
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import StampLayout
 from infrabackup.manifest import ComponentRecord, Manifest
+from infrabackup.progress import NullProgress, Progress
 from infrabackup.share.base import Share
 from infrabackup.staging import RESTORING_PREFIX, HeldFolder, hold_new_folder, sweep
 from infrabackup.stream.archive import extract_stream
@@ -184,6 +184,32 @@ def target_errors(target: Path, what: str, elsewhere: str = "restore into anothe
         ) from exc
 
 
+@dataclass
+class OpenedBackup:
+    """A backup found on the share, allowed by the version rule, its components selected;
+    :meth:`unlock` (the key) is left to the caller, after its own checks."""
+
+    manifest: Manifest
+    records: list[ComponentRecord]
+    keyring: KeyRing
+
+    def unlock(self) -> bytes:
+        """The data key, once the manifest's MAC is checked (:func:`unlock`)."""
+        return unlock(self.manifest, self.keyring)
+
+
+def open_backup(share: Share, layout: StampLayout, backup_id: str, keyring: KeyRing, *,
+                component: str | None = None, target_version: str | None = None
+                ) -> OpenedBackup:
+    """The prelude of every restore: find the backup (NotFoundError), apply the version
+    rule to ``target_version`` (RefusedError), select the succeeded components, or the one
+    named ``component`` (NotFoundError when it is missing or failed)."""
+    manifest = find_backup(share, layout, backup_id)
+    if target_version:
+        check_restore_allowed(manifest.stamp_version, target_version)
+    return OpenedBackup(manifest, _select(manifest, component), keyring)
+
+
 def restore_backup(
     share: Share,
     layout: StampLayout,
@@ -202,10 +228,9 @@ def restore_backup(
     component authenticates completely.
     """
     progress = progress or NullProgress()
-    manifest = find_backup(share, layout, backup_id)
-    if target_version:
-        check_restore_allowed(manifest.stamp_version, target_version)
-    records = _select(manifest, component)
+    opened = open_backup(share, layout, backup_id, keyring, component=component,
+                         target_version=target_version)
+    manifest, records = opened.manifest, opened.records
     # Before the checks: an interrupted restore into this folder is undone first.
     recovered = sweep(destination)
     finals = {r.name: destination / r.name for r in records}
@@ -216,8 +241,8 @@ def restore_backup(
                     f"--to: {final} already exists and is not empty; restore into an empty "
                     f"folder (or remove {name} there first)."
                 )
-    result = restore_components(share, manifest, records, unlock(manifest, keyring),
-                                destination, progress)
+    result = restore_components(share, manifest, records, opened.unlock(), destination,
+                                progress)
     result.recovered = recovered + result.recovered
     return result
 

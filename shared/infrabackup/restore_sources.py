@@ -54,36 +54,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from infrabackup.backup import NullProgress, Progress
-from infrabackup.catalog import find_backup
 from infrabackup.errors import ConfigError, InfraBackupError, NotFoundError
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import StampLayout
+from infrabackup.localfs import remove_tree
 from infrabackup.manifest import ComponentRecord, Manifest
-from infrabackup.restore import _select, restore_components, target_errors, unlock
+from infrabackup.progress import NullProgress, Progress
+from infrabackup.restore import open_backup, restore_components, target_errors
 from infrabackup.settings import Settings, SourceSpec
 from infrabackup.share.base import Share
-from infrabackup.sources import (
+from infrabackup.sources import open_blob_site, open_tree
+from infrabackup.sources.base import (
+    JOURNAL_FILE,
     RESTORE_REPLACED,
     RESTORE_STAGING,
+    Held,
     SourceError,
+    Tree,
     is_reserved,
     selected,
 )
-from infrabackup.sources.blob import BlobSource
-from infrabackup.sources.smb import SmbSource
+from infrabackup.sources.blob import BlobSite, BlobSource
+from infrabackup.sources.smb import SmbTree
 from infrabackup.staging import TMP_PREFIX, hold_new_folder, sweep
-from infrabackup.stream.archive import remove_tree
 from infrabackup.swap_journal import (
-    JOURNAL_FILE,
-    LEASE_WAIT_SECONDS,
-    SMB_WAIT_SECONDS,
-    BlobSite,
-    Held,
     Journal,
-    LocalTree,
-    SmbTree,
-    Tree,
     clean_up_tree,
     finish_blobs,
     recover_blobs,
@@ -91,10 +86,8 @@ from infrabackup.swap_journal import (
     roll_back_blobs,
     roll_back_tree,
 )
-from infrabackup.versions import check_restore_allowed
 
-__all__ = ["LocalTree", "SmbTree", "Tree", "match_source", "restore_to_sources", "swap_blobs",
-           "swap_tree"]
+__all__ = ["match_source", "restore_to_sources", "swap_blobs", "swap_tree"]
 
 
 @dataclass
@@ -379,17 +372,16 @@ def restore_to_sources(
     finished or undone (:mod:`infrabackup.swap_journal`), and said so in ``recovered``.
     """
     progress = progress or NullProgress()
-    manifest = find_backup(share, layout, backup_id)
-    if target_version:
-        check_restore_allowed(manifest.stamp_version, target_version)
-    records = _select(manifest, component)
+    opened = open_backup(share, layout, backup_id, keyring, component=component,
+                         target_version=target_version)
+    manifest, records = opened.manifest, opened.records
     if not records:
         raise NotFoundError(f"backup {manifest.backup_id} has no component that succeeded.")
     specs = [match_source(settings, r) for r in records]
     token = uuid.uuid4().hex[:8]
     result = ToSourcesResult(manifest.backup_id)
     # One unwrap and one manifest check for every component, not one each.
-    data_key = unlock(manifest, keyring)
+    data_key = opened.unlock()
     result.recovered += sweep()
     holder = f"restore of backup {manifest.backup_id}"
     staged: list[_Staged] = []
@@ -435,6 +427,14 @@ def _open_target(stack: contextlib.ExitStack, spec: SourceSpec, settings: Settin
                  holder: str, result: ToSourcesResult) -> _Target:
     """Open the component's source, take its lock (until ``stack`` closes) and recover
     what an interrupted restore left there."""
+    if spec.type == "blob":
+        site = open_blob_site(spec, settings)
+        stack.callback(site.close)
+        site.source.guard("reading", site.source.container.get_container_properties)
+        held = stack.enter_context(site.lock(holder, wait=site.lock_wait))
+        result.recovered += recover_blobs(site, spec.name, held)
+        return _Target(spec, site.description, held, blob=site.source)
+    root = None
     if spec.type == "directory":
         assert spec.path is not None
         root = Path(spec.path)
@@ -446,24 +446,11 @@ def _open_target(stack: contextlib.ExitStack, spec: SourceSpec, settings: Settin
             # After the lock is released (callbacks run last in, first out): a folder this
             # restore made and left empty goes again.
             stack.callback(_remove_if_empty, root)
-        tree: Tree = LocalTree(spec, root)
-        held = stack.enter_context(tree.lock(holder))
-        result.recovered += recover_tree(tree, spec.name)
-        return _Target(spec, str(root), held, tree=tree, root=root)
-    if spec.type == "smb":
-        smb = SmbSource(spec, settings)
-        stack.callback(smb.close)
-        smb_tree = SmbTree(smb)
-        held = stack.enter_context(smb_tree.lock(holder, SMB_WAIT_SECONDS))
-        result.recovered += recover_tree(smb_tree, spec.name)
-        return _Target(spec, smb.description, held, tree=smb_tree)
-    blob = BlobSource(spec, settings)
-    stack.callback(blob.close)
-    blob.guard("reading", blob.container.get_container_properties)
-    site = BlobSite(blob)
-    held = stack.enter_context(site.lock(holder, wait=LEASE_WAIT_SECONDS))
-    result.recovered += recover_blobs(site, spec.name, held)
-    return _Target(spec, blob.description, held, blob=blob)
+    tree = open_tree(spec, settings)
+    stack.callback(tree.close)
+    held = stack.enter_context(tree.lock(holder, tree.lock_wait))
+    result.recovered += recover_tree(tree, spec.name)
+    return _Target(spec, tree.description, held, tree=tree, root=root)
 
 
 def _remove_if_empty(root: Path) -> None:

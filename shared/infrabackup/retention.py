@@ -1,4 +1,6 @@
-"""Retention: which backups ``prune`` deletes, oldest first, and deleting them safely.
+"""Retention: which backups ``prune`` deletes, oldest first, and deleting them safely; and
+what the next backup removes, holding the lock, of the runs that died
+(:func:`remove_interrupted`: no age guard, as no writer is running).
 
 Rules (README "Retention", docs/FORMAT.md):
 
@@ -36,17 +38,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from infrabackup.backup import remove_if_empty
 from infrabackup.catalog import UNREADABLE, Listing, component_path, list_backups
-from infrabackup.layout import MASBACKUP, StampLayout, backup_id_or_none, parse_timestamp
+from infrabackup.errors import InfraBackupError
+from infrabackup.layout import MANIFEST, MASBACKUP, StampLayout, backup_id_or_none, parse_timestamp
 from infrabackup.manifest import ComponentRecord, Manifest
 from infrabackup.settings import Settings, is_safe_name
-from infrabackup.share.base import PARTIAL_MARKER, Share, join
+from infrabackup.share.base import PARTIAL_MARKER, Share, join, remove_if_empty
 
 INCOMPLETE_SAFE_AGE = dt.timedelta(hours=1)
+
+#: The next backup removes what dead ones left (:func:`remove_interrupted`): its logger.
+log = logging.getLogger("infrabackup.backup")
 
 
 @dataclass(frozen=True)
@@ -221,9 +227,7 @@ def _orphan_region_files(
             if not entries:
                 empty.append(join(folder, ts_entry.name))
             for entry in entries:
-                # "<id>.bin", or a write in progress ".<id>.bin.partial-xxxxxxxx"
-                stem = entry.name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin")
-                backup_id = backup_id_or_none(stem)
+                backup_id = region_file_id(entry.name)
                 if backup_id is not None and backup_id not in keep and not entry.is_dir:
                     items.append(PruneItem(backup_id, created,
                                            "region file of no finished backup",
@@ -262,3 +266,79 @@ def apply_prune(share: Share, layout: StampLayout, plan: PrunePlan) -> None:
 
 def _is_file(path: str) -> bool:
     return path.endswith(".bin") or PARTIAL_MARKER in path.rpartition("/")[2]
+
+
+def region_file_id(name: str) -> str | None:
+    """The backup id of a region-scoped file: ``<id>.bin``, or a write in progress
+    ``.<id>.bin.partial-xxxxxxxx``; None for any other name."""
+    return backup_id_or_none(name.lstrip(".").split(PARTIAL_MARKER)[0].removesuffix(".bin"))
+
+
+# ---- what backups that died left (the next backup, holding the lock) ---------------------
+
+
+def remove_interrupted(share: Share, layout: StampLayout, settings: Settings) -> list[str]:
+    """Holding the stamp lock: remove what backups that died left; return the paths.
+
+    That is every backup folder without a ``manifest.json`` (a folder whose manifest is
+    unreadable stays: retention decides, an expert may want it) and every file of a
+    region-scoped source of ``settings`` (``<id>.bin`` or its ``.partial-`` temporary)
+    whose backup has no manifest. No age guard is needed: every writer holds the lock, so
+    none of this is in progress. A share error is logged and left to the next run.
+    """
+    removed: list[str] = []
+    try:
+        if share.stat(layout.masbackup) is None:
+            return removed
+        finished: set[str] = set()
+        for ts_entry in share.list_dir(layout.masbackup):
+            if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
+                continue
+            ts_path = join(layout.masbackup, ts_entry.name)
+            gone = len(removed)
+            entries = share.list_dir(ts_path)
+            if not entries:  # a run killed between creating it and its backup's folder
+                share.remove_tree(ts_path)
+                continue
+            for entry in entries:
+                backup_id = backup_id_or_none(entry.name)
+                if backup_id is None or not entry.is_dir:
+                    continue  # not a backup folder: not ours to judge
+                folder = join(ts_path, entry.name)
+                if share.stat(join(folder, MANIFEST)) is not None:
+                    finished.add(backup_id)
+                    continue
+                share.remove_tree(folder)
+                removed.append(folder)
+            if len(removed) > gone:
+                remove_if_empty(share, ts_path)
+        for spec in settings.sources:
+            if spec.scope == "region":
+                removed += _remove_region_leftovers(share, layout.region_component_dir(spec.name),
+                                                    finished)
+    except InfraBackupError as exc:
+        log.warning("could not remove what an interrupted backup left (%s); the next backup "
+                    "or prune will", exc.message)
+    if removed:
+        log.warning("removed what interrupted backups left: %s", ", ".join(removed))
+    return removed
+
+
+def _remove_region_leftovers(share: Share, folder: str, finished: set[str]) -> list[str]:
+    if share.stat(folder) is None:
+        return []
+    removed: list[str] = []
+    for ts_entry in share.list_dir(folder):
+        if not ts_entry.is_dir or parse_timestamp(ts_entry.name) is None:
+            continue
+        ts_path = join(folder, ts_entry.name)
+        gone = len(removed)
+        for entry in share.list_dir(ts_path):
+            backup_id = region_file_id(entry.name)
+            if backup_id is not None and not entry.is_dir and backup_id not in finished:
+                share.remove(join(ts_path, entry.name))
+                removed.append(join(ts_path, entry.name))
+        if len(removed) > gone:
+            remove_if_empty(share, ts_path)
+    return removed
+

@@ -1,5 +1,6 @@
-"""What one Functions invocation works with: settings, the stamp's share, job records,
-claim, maintenance state and queue — built lazily from the app settings.
+"""The one composition root: what one Functions invocation or one ``infrabackup`` command
+works with — settings, the stamp's share, job records, claim, maintenance state and
+queue — built lazily from the app settings (and the CLI's ``--settings`` file).
 
 Nothing here is built at import time or cached across invocations (app settings can
 change between them); building never raises. The first use of a part raises its
@@ -17,14 +18,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from infrabackup.backup import stamp_layout, utcnow
 from infrabackup.errors import ConfigError
 from infrabackup.jobs.job_queue import JobQueue
 from infrabackup.jobs.job_store import JobStore, StampClaim
 from infrabackup.jobs.maintenance import TableMaintenanceStore
 from infrabackup.jobs.storage import StorageAccount, stamp_key
-from infrabackup.layout import StampLayout
-from infrabackup.settings import Secret, Settings, load_settings
+from infrabackup.layout import StampLayout, stamp_layout, utcnow
+from infrabackup.settings import Secret, Settings, load_settings, read_settings_file
 from infrabackup.share import Share, open_share
 from infrabackup.telemetry import NullTelemetry, Telemetry, configure_telemetry
 
@@ -45,7 +45,7 @@ def configure_app_telemetry(environ: Mapping[str, str] | None = None) -> Telemet
         conn = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "")
         settings = Settings(share_path=None,
                             appinsights_connection_string=Secret(conn) if conn else None,
-                            raw={"APPLICATIONINSIGHTS_CONNECTION_STRING": conn} if conn else {})
+                            given={"APPLICATIONINSIGHTS_CONNECTION_STRING": conn} if conn else {})
     return configure_telemetry(settings)  # never raises
 
 
@@ -54,6 +54,8 @@ class AppServices:
     """The parts of one invocation. Close it (``with`` or :meth:`close`) to drop the share."""
 
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: The CLI's ``--settings`` local.settings.json: its Values win over ``environ``.
+    settings_file: str | None = None
     telemetry: Telemetry = field(default_factory=NullTelemetry)
     clock: Callable[[], dt.datetime] = utcnow
     share_opener: Callable[[Settings], Share] = open_share
@@ -66,8 +68,16 @@ class AppServices:
         self.close()
 
     @cached_property
+    def env(self) -> Mapping[str, str]:
+        """``environ`` with the settings file's values over it (ConfigError when the file
+        cannot be read)."""
+        if self.settings_file is None:
+            return self.environ
+        return {**self.environ, **read_settings_file(self.settings_file)}
+
+    @cached_property
     def settings(self) -> Settings:
-        return load_settings(self.environ)
+        return load_settings(self.env)
 
     @cached_property
     def layout(self) -> StampLayout:
@@ -79,7 +89,7 @@ class AppServices:
 
     @cached_property
     def storage(self) -> StorageAccount:
-        return StorageAccount.from_environ(self.environ)
+        return StorageAccount.from_environ(self.env)
 
     @cached_property
     def table(self) -> TableClient:

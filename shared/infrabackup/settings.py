@@ -17,8 +17,9 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infrabackup.errors import ConfigError
 from infrabackup.inputs import (
@@ -56,6 +57,10 @@ RESERVED_REGION_PREFIX = "infrabackup"
 #: BACKUP_SOURCES (inline or @file) and local.settings.json: far larger than any real one.
 MAX_SOURCES_BYTES = 1024 * 1024
 MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
+
+
+if TYPE_CHECKING:
+    from infrabackup.jobs.storage import StorageAccount
 
 
 class Secret:
@@ -107,6 +112,42 @@ class SourceSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     port: int | None = None  # smb sources: the server's SMB port (default 445)
+    #: The values of the settings this source names, resolved by :func:`load_settings`.
+    credentials: SourceCredentials = field(
+        default_factory=lambda: SourceCredentials(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SourceCredentials:
+    """What a source's named settings hold (SMB: ``usernameSetting``/``passwordSetting``;
+    blob: ``connection`` and its ``__blobServiceUri``/``__serviceUri``/``__clientId``
+    forms), read from the environment once, so no source reads the environment."""
+
+    username: str | None = None
+    password: Secret | None = None
+    #: The value of the ``connection`` setting: a connection string or an account URL.
+    connection: Secret | None = None
+    #: ``<connection>__blobServiceUri`` (or ``__serviceUri``): identity-based access.
+    service_url: str | None = None
+    client_id: str | None = None
+
+
+def _credentials(spec: SourceSpec, env: Mapping[str, str]) -> SourceSpec:
+    """``spec`` with the values of the settings it names (checked by
+    :func:`_check_source_settings`; an unusable connection string is the source's error)."""
+    def value(name: str | None) -> str:
+        return env.get(name or "", "")
+
+    setting = spec.connection or ""
+    service_url = (value(f"{setting}__blobServiceUri") or value(f"{setting}__serviceUri")
+                   ).strip() if setting else ""
+    return replace(spec, credentials=SourceCredentials(
+        username=value(spec.username_setting).strip() or None,
+        password=_secret(value(spec.password_setting)),
+        connection=_secret(value(spec.connection).strip()) if setting else None,
+        service_url=service_url or None,
+        client_id=(value(f"{setting}__clientId").strip() or None) if setting else None,
+    ))
 
 
 @dataclass(frozen=True)
@@ -136,14 +177,31 @@ class Settings:
     stale_after_hours: int | None = None  # None: derived from the schedule (infrabackup.staleness)
     appinsights_connection_string: Secret | None = None
     webjobs_storage: Secret | None = None
-    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: The app's storage account (``AzureWebJobsStorage`` in either form); None when not
+    #: set. Use :meth:`storage_account`, which raises a deferred setting error.
+    storage: StorageAccount | None = field(default=None, repr=False, compare=False)
+    storage_error: ConfigError | None = field(default=None, repr=False, compare=False)
+    #: The documented settings (:data:`ALL_SETTINGS`) as given, for :meth:`require`,
+    #: :meth:`is_set` and :meth:`masked` only; nothing downstream reads the environment.
+    given: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def is_set(self, name: str) -> bool:
+        """Whether the documented setting ``name`` was given a (non-blank) value."""
+        return bool(self.given.get(name, "").strip())
+
+    def storage_account(self) -> StorageAccount | None:
+        """The app's storage account, None when ``AzureWebJobsStorage`` is not set;
+        ConfigError naming it when it is set but incomplete."""
+        if self.storage_error is not None:
+            raise ConfigError(self.storage_error.message, setting=self.storage_error.setting)
+        return self.storage
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming every setting in ``names`` that is not set."""
         problems = [
             f"{name}: not set. {_REQUIRED_HINTS[name]}"
             for name in names
-            if not self.raw.get(name, "").strip() and not _derived_present(self, name)
+            if not self.is_set(name) and not _derived_present(self, name)
         ]
         if problems:
             raise ConfigError(_join(problems), setting=names[0])
@@ -152,7 +210,7 @@ class Settings:
         """Every setting as shown to operators: secrets replaced by ``***``."""
         out: dict[str, object] = {}
         for name in ALL_SETTINGS:
-            value = self.raw.get(name)
+            value = self.given.get(name)
             if value is None or value == "":
                 out[name] = None
             elif name in SECRET_SETTINGS:
@@ -274,9 +332,7 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     if settings_file is not None:
         env.update(read_settings_file(settings_file))
-    raw = {name: env[name] for name in ALL_SETTINGS if name in env}
-    # Source credentials and blob connections are named by setting; keep those too.
-    raw_all = dict(env)
+    given = {name: env[name] for name in ALL_SETTINGS if name in env}
     problems: list[str] = []
 
     def get(name: str) -> str:
@@ -347,7 +403,8 @@ def load_settings(
     encryption_key = get("BACKUP_ENCRYPTION_KEY")
     sources = _parse_sources(get("BACKUP_SOURCES"), problems)
     _check_source_settings(sources, env, problems)
-    _check_storage_setting(env, problems)
+    sources = tuple(_credentials(spec, env) for spec in sources)
+    storage, storage_error = _storage_setting(env, problems)
 
     if problems:
         raise ConfigError(_join(problems), setting=problems[0].split(":", 1)[0])
@@ -375,7 +432,9 @@ def load_settings(
         stale_after_hours=stale_after,
         appinsights_connection_string=_secret(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")),
         webjobs_storage=_secret(env.get("AzureWebJobsStorage")),
-        raw={**raw_all, **raw},
+        storage=storage,
+        storage_error=storage_error,
+        given=given,
     )
 
 
@@ -764,13 +823,19 @@ def _check_source_settings(
             )
 
 
-def _check_storage_setting(env: Mapping[str, str], problems: list[str]) -> None:
-    """``AzureWebJobsStorage``, when set as a connection string, must be one the Azure SDK
-    can use (the value is never shown: it holds the account key)."""
+def _storage_setting(env: Mapping[str, str], problems: list[str]
+                     ) -> tuple[StorageAccount | None, ConfigError | None]:
+    """The app's storage account from ``AzureWebJobsStorage``, when set. Set as a
+    connection string, it must be one the Azure SDK can use (a problem; the value is never
+    shown: it holds the account key); an incomplete identity-based form is an error only
+    for what uses the storage (returned, deferred)."""
     from infrabackup.jobs.storage import SETTING, StorageAccount  # local: storage imports layout
 
-    if env.get(SETTING, "").strip():
-        try:
-            StorageAccount.from_environ(env)
-        except ConfigError as exc:
+    if not StorageAccount.configured(env):
+        return None, None
+    try:
+        return StorageAccount.from_environ(env), None
+    except ConfigError as exc:
+        if env.get(SETTING, "").strip():
             problems.append(exc.message)
+        return None, exc

@@ -34,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-from infrabackup.stream.archive import remove_tree
+from infrabackup.localfs import remove_tree
 
 log = logging.getLogger("infrabackup.staging")
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from infrabackup.alerts import NO_SUCCESSFUL_BACKUP
 from infrabackup.errors import ConfigError
+from infrabackup.ncrontab import parse_schedule
 from infrabackup.settings import DEFAULT_SCHEDULE, Settings
 
 SETTING = "BACKUP_STALE_AFTER_HOURS"
@@ -53,10 +54,6 @@ def longest_gap(expression: str) -> dt.timedelta | None:
 
     None when it never fires; ConfigError naming BACKUP_SCHEDULE when it is not valid.
     """
-    from infrabackup.app.scheduler import (
-        parse_schedule,  # local: scheduler imports the app's storage
-    )
-
     schedule = parse_schedule(expression)
     times = sorted(h * 3600 + m * 60 + s for h in schedule.hours for m in schedule.minutes
                    for s in schedule.seconds)

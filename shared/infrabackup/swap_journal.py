@@ -1,5 +1,6 @@
-"""The journal of a restore's swap into a source, the source's restore lock, and the
-recovery that the next ``restore``, ``backup`` or ``check`` runs.
+"""The journal of a restore's swap into a source, and the recovery that the next
+``restore``, ``backup`` or ``check`` runs (each source type's writer and restore lock are
+in :mod:`infrabackup.sources`).
 
 A swap (:mod:`infrabackup.restore_sources`) changes a source in many steps: renames of every
 top-level entry (folders) or server-side copies (blobs). A SIGKILL in the middle must
@@ -33,9 +34,9 @@ leave something the next run can finish or undo, so the swap is **journaled**:
 * **The lock** (``.infrabackup-journal/lock``) is held by a restore from before its
   staging until after its clean-up, and dies with its process: an ``flock`` (directory
   sources), a file opened exclusively on the server (SMB: the server closes it when the
-  connection drops), a blob lease of :data:`LEASE_SECONDS` renewed by a thread (blob:
-  it ends at most that long after the process died). A run that cannot take the lock
-  leaves everything alone: the restore is alive.
+  connection drops), a blob lease of :data:`~infrabackup.sources.blob.LEASE_SECONDS`
+  renewed by a thread (blob: it ends at most that long after the process died). A run that
+  cannot take the lock leaves everything alone: the restore is alive.
 
 Names starting with ``.infrabackup-journal`` (and the staging and replaced prefixes) at
 the top of a source are reserved: never backed up, never moved by a swap.
@@ -43,50 +44,37 @@ the top of a source are reserved: never backed up, never moved by a swap.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import socket
-import stat
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from infrabackup.errors import InfraBackupError, LockHeldError, SourceBusyError
+from infrabackup.errors import InfraBackupError, SourceBusyError
 from infrabackup.settings import Settings, SourceSpec
-from infrabackup.share.base import lock_info
-from infrabackup.sources import (
+from infrabackup.sources import open_blob_site, open_tree
+from infrabackup.sources.base import (
+    JOURNAL_FILE,
     RESTORE_JOURNAL,
     RESTORE_REPLACED,
     RESTORE_STAGING,
+    Held,
     InterruptedSwapError,
+    Kept,
     SourceError,
+    Tree,
     is_reserved,
 )
-from infrabackup.stream.archive import remove_tree
+from infrabackup.sources.directory import LocalTree
 
 if TYPE_CHECKING:
-    # Imported where used: a directory source's backup or restore must not pay for
-    # importing the Azure and SMB SDKs (a third of a small backup's CPU).
-    from infrabackup.sources.blob import BlobSource
-    from infrabackup.sources.smb import SmbSource
+    from infrabackup.sources.blob import BlobSite
 
 log = logging.getLogger("infrabackup.restore")
 
-JOURNAL_FILE = f"{RESTORE_JOURNAL}/journal.json"
-LOCK_FILE = f"{RESTORE_JOURNAL}/lock"
-#: A blob source's lock is a lease this long, renewed every third of it.
-LEASE_SECONDS = 15
-#: How long a run waits for the lease of a restore that may have died to run out.
-LEASE_WAIT_SECONDS = LEASE_SECONDS + 5.0
-#: How long a run waits for an SMB server to close the lock of a client that just died.
-SMB_WAIT_SECONDS = 5.0
 
 _FOLDER_PHASES = ("swap", "carry", "committed", "undone")
 _BLOB_PHASES = ("aside", "swap", "committed", "undone")
@@ -174,279 +162,7 @@ def _valid(j: Journal) -> bool:
     )
 
 
-# ---- the lock -----------------------------------------------------------------------------
-
-
-class Held(Protocol):
-    """A held restore lock. ``check`` raises SourceError when it was lost (a blob lease
-    that could not be renewed): the holder must stop before its next step."""
-
-    def check(self) -> None: ...
-
-
-class _Kept:
-    def check(self) -> None:
-        pass
-
-
-def _holder_text(raw: bytes) -> str:
-    try:
-        info = json.loads(raw.decode())
-        return f"{info['holder']} on {info['host']} (pid {info['pid']}) since {info['since']}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "another process"
-
-
-def _busy(name: str, where: str, raw: bytes, extra: str = "") -> SourceBusyError:
-    return SourceBusyError(
-        f"source {name}: a restore into {where} is running: {_holder_text(raw)}. Nothing "
-        f"was changed; wait for it to finish.{extra}"
-    )
-
-
 # ---- folders (directory and SMB sources) ---------------------------------------------------
-
-
-class Tree(Protocol):
-    """A folder's verbs for the swap; paths relative to the source folder, ``/``-separated.
-    Every method raises SourceError (naming the source) on failure."""
-
-    description: str
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        """(name, kind) in folder ``rel``; kind is ``dir``, ``file`` or ``other``."""
-        ...
-
-    def exists(self, rel: str) -> bool: ...
-
-    def make_dirs(self, rel: str) -> None: ...
-
-    def rename(self, src: str, dst: str) -> None:
-        """Rename; ``dst`` does not exist."""
-        ...
-
-    def remove_tree(self, rel: str) -> None:
-        """Remove a folder with everything in it, or a file; nothing if already gone."""
-        ...
-
-    def read_file(self, rel: str) -> bytes | None:
-        """A small file's bytes; None when it does not exist."""
-        ...
-
-    def write_file(self, rel: str, data: bytes) -> None:
-        """Write a small file atomically (a reader sees the old or the new bytes)."""
-        ...
-
-    def lock(self, holder: str, wait: float = 0.0) -> contextlib.AbstractContextManager[Held]:
-        """Hold the source's restore lock; SourceBusyError when someone still holds it
-        after ``wait`` seconds (a holder that just died may take a moment to let go)."""
-        ...
-
-
-class LocalTree:
-    """A local folder as a :class:`Tree`; OSError becomes SourceError."""
-
-    def __init__(self, spec: SourceSpec, root: Path) -> None:
-        self.spec = spec
-        self.root = root
-        self.description = str(root)
-
-    def _path(self, rel: str) -> Path:
-        return self.root.joinpath(*[p for p in rel.split("/") if p])
-
-    def _guard(self, what: str, fn: Callable[[], object]) -> object:
-        try:
-            return fn()
-        except OSError as exc:
-            raise SourceError(
-                f"source {self.spec.name}: {what} in {self.root}: {exc.strerror or exc}."
-            ) from None
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        def scan() -> list[tuple[str, str]]:
-            out = []
-            with os.scandir(self._path(rel)) as it:
-                for item in it:
-                    mode = item.stat(follow_symlinks=False).st_mode
-                    kind = ("dir" if stat.S_ISDIR(mode) else
-                            "file" if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else "other")
-                    out.append((item.name, kind))
-            return sorted(out)
-
-        listing = self._guard(f"listing {rel or '/'}", scan)
-        assert isinstance(listing, list)
-        return listing
-
-    def exists(self, rel: str) -> bool:
-        return os.path.lexists(self._path(rel))
-
-    def make_dirs(self, rel: str) -> None:
-        self._guard(f"creating {rel}", lambda: self._path(rel).mkdir(parents=True, exist_ok=True))
-
-    def rename(self, src: str, dst: str) -> None:
-        self._guard(f"renaming {src} to {dst}",
-                    lambda: os.rename(self._path(src), self._path(dst)))
-
-    def remove_tree(self, rel: str) -> None:
-        path = self._path(rel)
-        if path.is_dir() and not path.is_symlink():
-            self._guard(f"removing {rel}", lambda: remove_tree(path))
-        elif os.path.lexists(path):
-            self._guard(f"removing {rel}", lambda: path.unlink())
-
-    def read_file(self, rel: str) -> bytes | None:
-        def read() -> bytes | None:
-            try:
-                return self._path(rel).read_bytes()
-            except FileNotFoundError:
-                return None
-
-        data = self._guard(f"reading {rel}", read)
-        assert data is None or isinstance(data, bytes)
-        return data
-
-    def write_file(self, rel: str, data: bytes) -> None:
-        final = self._path(rel)
-        temp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-
-        def write() -> None:
-            final.parent.mkdir(exist_ok=True)
-            with open(temp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, final)
-            fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        self._guard(f"writing {rel}", write)
-
-    @contextlib.contextmanager
-    def lock(self, holder: str, wait: float = 0.0) -> Iterator[Held]:
-        """An flock on ``.infrabackup-journal/lock``, removed again on release. The kernel
-        drops it the moment its process dies, so ``wait`` is not needed."""
-        folder, path = self._path(RESTORE_JOURNAL), self._path(LOCK_FILE)
-        got = self._guard("taking the restore lock", lambda: _flock(folder, path))
-        if isinstance(got, bytes):
-            raise _busy(self.spec.name, self.description, got)
-        assert isinstance(got, int)
-        try:
-            with contextlib.suppress(OSError):
-                os.ftruncate(got, 0)
-                os.pwrite(got, lock_info(holder), 0)
-            yield _Kept()
-        finally:
-            # Unlinked while still locked: a waiting opener sees another inode and retries.
-            with contextlib.suppress(OSError):
-                path.unlink()
-            os.close(got)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def _flock(folder: Path, path: Path) -> int | bytes:
-    """An fd holding an exclusive flock on ``path``, or what the holder wrote there."""
-    for _ in range(20):
-        folder.mkdir(exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except FileNotFoundError:
-            continue  # the folder was removed by a releasing holder: make it again
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = os.pread(fd, 4096, 0)
-            os.close(fd)
-            return info
-        try:
-            if os.path.samestat(os.fstat(fd), os.lstat(path)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its holder removed it as we opened it: take the new one
-    raise OSError(11, "the restore lock keeps changing hands")
-
-
-class SmbTree:
-    """An SMB source folder as a :class:`Tree` (the SmbSource does the work)."""
-
-    def __init__(self, source: SmbSource) -> None:
-        self.source = source
-        self.spec = source.spec
-        self.description = source.description
-
-    def list(self, rel: str) -> list[tuple[str, str]]:
-        return sorted(self.source.list(rel))
-
-    def exists(self, rel: str) -> bool:
-        return self.source.exists(rel)
-
-    def make_dirs(self, rel: str) -> None:
-        self.source.make_dirs(rel)
-
-    def rename(self, src: str, dst: str) -> None:
-        self.source.rename(src, dst)
-
-    def remove_tree(self, rel: str) -> None:
-        entry = self.source.guard(f"reading {rel}",
-                                  lambda: self.source.share.stat(self.source.path(rel)))
-        if entry is not None and not entry.is_dir:
-            self.source.guard(f"removing {rel}",
-                              lambda: self.source.share.remove(self.source.path(rel)))
-        elif entry is not None:
-            self.source.remove_tree(rel)
-
-    def read_file(self, rel: str) -> bytes | None:
-        share, path = self.source.share, self.source.path(rel)
-
-        def read() -> bytes | None:
-            if share.stat(path) is None:
-                return None
-            return b"".join(share.read_stream(path))
-
-        return self.source.guard(f"reading {rel}", read)
-
-    def write_file(self, rel: str, data: bytes) -> None:
-        # write_stream writes a temporary file beside it and renames it over: atomic.
-        share, path = self.source.share, self.source.path(rel)
-        self.source.guard(f"writing {rel}", lambda: share.write_stream(path, [data]))
-
-    @contextlib.contextmanager
-    def lock(self, holder: str, wait: float = 0.0) -> Iterator[Held]:
-        """The share's own lock: a file held open for writing, shared for reading only;
-        the server closes it when this process's connection drops."""
-        share, path = self.source.share, self.source.path(LOCK_FILE)
-        deadline = time.monotonic() + wait
-        with contextlib.ExitStack() as stack:
-            while True:
-                try:
-                    stack.enter_context(share.lock(path, holder))
-                    break
-                except LockHeldError:
-                    if time.monotonic() >= deadline:
-                        raise _busy(self.spec.name, self.description,
-                                    share._read_lock_info(path)) from None
-                    time.sleep(0.5)
-                except InfraBackupError as exc:
-                    raise self.source.error("taking the restore lock", exc) from None
-            try:
-                yield _Kept()
-            finally:
-                stack.close()  # released first: only then can the file be deleted
-                self._unlink_lock()
-
-    def _unlink_lock(self) -> None:
-        """After release: remove the lock file and its folder unless someone holds or
-        fills them (the server refuses to delete a file another client has open)."""
-        share = self.source.share
-        with contextlib.suppress(InfraBackupError):
-            share.remove(self.source.path(LOCK_FILE))
-            folder = self.source.path(RESTORE_JOURNAL)
-            if not share.list_dir(folder):
-                share.remove_tree(folder)
 
 
 def top_reserved(tree: Tree) -> list[str]:
@@ -459,6 +175,11 @@ def top_reserved(tree: Tree) -> list[str]:
 def read_journal(tree: Tree) -> Journal | None:
     raw = tree.read_file(JOURNAL_FILE)
     return None if raw is None else Journal.load(raw, tree.description)
+
+
+def read_blob_journal(site: BlobSite) -> Journal | None:
+    raw = site.read(JOURNAL_FILE)
+    return None if raw is None else Journal.load(raw, site.description)
 
 
 def roll_back_tree(tree: Tree, j: Journal) -> None:
@@ -594,130 +315,6 @@ def _recover_tree_journal(tree: Tree, j: Journal, name: str) -> str:
 # ---- blobs --------------------------------------------------------------------------------
 
 
-class BlobSite:
-    """A blob source's journal, lock and listings, on top of :class:`BlobSource`."""
-
-    def __init__(self, source: BlobSource) -> None:
-        self.source = source
-        self.spec = source.spec
-        self.description = source.description
-
-    def _client(self, rel: str) -> Any:
-        return self.source.container.get_blob_client(self.source.prefix + rel)
-
-    def top_reserved(self) -> list[str]:
-        """Reserved top-level names under the prefix (virtual folders and blobs)."""
-        start = self.source.prefix + ".infrabackup-"
-        container = self.source.container
-        items = self.source.guard(
-            "listing", lambda: list(container.walk_blobs(name_starts_with=start, delimiter="/")))
-        names = {str(i.name)[len(self.source.prefix):].rstrip("/") for i in items}
-        return sorted(n for n in names if is_reserved(n))
-
-    def exists(self, rel: str) -> bool:
-        return bool(self.source.guard(f"reading {rel}", self._client(rel).exists))
-
-    def read(self, rel: str) -> bytes | None:
-        try:
-            return bytes(self.source.guard(
-                f"reading {rel}", lambda: self._client(rel).download_blob().readall()))
-        except SourceError as exc:
-            if exc.status == "404":
-                return None
-            raise
-
-    def write(self, rel: str, data: bytes) -> None:
-        """One Put Blob: readers see the old or the new bytes."""
-        self.source.guard(f"writing {rel}",
-                          lambda: self._client(rel).upload_blob(data, overwrite=True))
-
-    def delete_under(self, rel_prefix: str) -> None:
-        for blob in self.source.names(rel_prefix):
-            self.source.delete(blob)
-
-    def read_journal(self) -> Journal | None:
-        raw = self.read(JOURNAL_FILE)
-        return None if raw is None else Journal.load(raw, self.description)
-
-    @contextlib.contextmanager
-    def lock(self, holder: str, wait: float = 0.0) -> Iterator[Held]:
-        """A lease on ``<prefix>.infrabackup-journal/lock``, renewed by a thread; waits up
-        to ``wait`` seconds for a lease that may belong to a dead restore to run out."""
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-
-        blob = self._client(LOCK_FILE)
-        info = lock_info(holder)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                blob.upload_blob(info, overwrite=False)
-            except ResourceExistsError:
-                pass  # made by an earlier holder (leased or not)
-            except AzureError as exc:
-                raise self.source.error("taking the restore lock", exc) from None
-            try:
-                lease = blob.acquire_lease(lease_duration=LEASE_SECONDS)
-                break
-            except ResourceNotFoundError:
-                continue  # released and deleted by its holder just now: create it again
-            except AzureError as exc:
-                if getattr(exc, "error_code", None) != "LeaseAlreadyPresent":
-                    raise self.source.error("taking the restore lock", exc) from None
-            if time.monotonic() >= deadline:
-                raw = self.read(LOCK_FILE) or b""
-                raise _busy(self.spec.name, self.description, raw,
-                            f" (If that process died, its lease ends within {LEASE_SECONDS} "
-                            "s: try again then.)")
-            time.sleep(1.0)
-        held = _Lease(self, lease)
-        try:
-            with contextlib.suppress(AzureError):
-                blob.upload_blob(info, overwrite=True, lease=lease)
-            yield held
-        finally:
-            held.release(blob)
-
-
-class _Lease:
-    """A held lease, renewed every third of its duration until released."""
-
-    def __init__(self, site: BlobSite, lease: Any) -> None:
-        self._site = site
-        self._lease = lease
-        self._stop = threading.Event()
-        self.lost: str | None = None
-        self._thread = threading.Thread(target=self._renew, name="restore-lease", daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        from azure.core.exceptions import AzureError
-
-        while not self._stop.wait(LEASE_SECONDS / 3):
-            try:
-                self._lease.renew()
-            except AzureError as exc:
-                self.lost = type(exc).__name__
-                return
-
-    def check(self) -> None:
-        if self.lost:
-            raise SourceError(
-                f"source {self._site.spec.name}: the lease on {self._site.description}'s "
-                f"restore lock could not be renewed ({self.lost}); another run may take it, "
-                "so this restore stopped. The next restore, backup or check finishes or "
-                "undoes what it left.")
-
-    def release(self, blob: Any) -> None:
-        from azure.core.exceptions import AzureError
-
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(AzureError):
-            self._lease.release()
-            # Without the lease: refused (412) if another run leased it meanwhile.
-            blob.delete_blob()
-
-
 def roll_back_blobs(site: BlobSite, j: Journal, held: Held | None = None) -> None:
     """Undo the blob swap of ``j`` (phase ``aside`` or ``swap``), then record ``undone``.
 
@@ -726,7 +323,7 @@ def roll_back_blobs(site: BlobSite, j: Journal, held: Held | None = None) -> Non
     overwritten), every other new blob is deleted, and every old blob that is missing
     is copied back. Repeating any of it is harmless.
     """
-    source, held = site.source, held or _Kept()
+    source, held = site.source, held or Kept()
     aside = j.aside + "/"
     if j.phase == "swap":
         old = set(j.old)
@@ -758,7 +355,7 @@ def recover_blobs(site: BlobSite, name: str, held: Held | None = None) -> list[s
     Same contract as :func:`recover_tree`."""
     notes = []
     reserved = site.top_reserved()
-    journal = site.read_journal() if RESTORE_JOURNAL in reserved else None
+    journal = read_blob_journal(site) if RESTORE_JOURNAL in reserved else None
     what = f"source {name}: "
     if journal is not None:
         what += f"{journal.describe()} into {site.description}"
@@ -806,48 +403,41 @@ def recover_blobs(site: BlobSite, name: str, held: Held | None = None) -> list[s
 
 
 def recover_source(spec: SourceSpec, settings: Settings, *,
-                   wait: float = LEASE_WAIT_SECONDS) -> list[str]:
+                   wait: float | None = None) -> list[str]:
     """Look for what an interrupted restore left in the source, and finish or undo it.
 
     Cheap when there is nothing: one listing of the source's top level. Returns a note
     per thing done. Raises SourceError when the source must not be backed up now: a
     swap is in progress in a live restore (its lock is held), or an interrupted swap
     cannot be finished or undone now. A restore that is still staging (lock held, no
-    record) leaves the source itself untouched: no error.
+    record) leaves the source itself untouched: no error. A held lock is waited for at
+    most ``wait`` seconds, and never longer than its holder may need to let go after it
+    died (the site's ``lock_wait``).
     """
     holder = "recovery of an interrupted restore"
-    if spec.type == "directory":
-        assert spec.path is not None
-        if not Path(spec.path).is_dir():
-            return []  # nothing was restored there; reading it says what is wrong
-        tree: Tree = LocalTree(spec, Path(spec.path))
-        return _recover_folder(tree, spec.name, holder)
-    if spec.type == "smb":
-        from infrabackup.sources.smb import SmbSource
-
-        smb = SmbSource(spec, settings)
-        try:
-            return _recover_folder(SmbTree(smb), spec.name, holder, min(wait, SMB_WAIT_SECONDS))
-        finally:
-            smb.close()
     if spec.type == "blob":
-        from infrabackup.sources.blob import BlobSource
-
-        blob = BlobSource(spec, settings)
+        blobs = open_blob_site(spec, settings)
         try:
-            site = BlobSite(blob)
-            if not site.top_reserved():
+            if not blobs.top_reserved():
                 return []
+            limit = blobs.lock_wait if wait is None else min(wait, blobs.lock_wait)
 
             def recover() -> list[str]:
-                with site.lock(holder, wait=wait) as held:
-                    return recover_blobs(site, spec.name, held)
+                with blobs.lock(holder, wait=limit) as held:
+                    return recover_blobs(blobs, spec.name, held)
 
-            return _recovered(spec.name, site.description, recover,
-                              lambda: site.exists(JOURNAL_FILE))
+            return _recovered(spec.name, blobs.description, recover,
+                              lambda: blobs.exists(JOURNAL_FILE))
         finally:
-            blob.close()
-    return []
+            blobs.close()
+    tree = open_tree(spec, settings)
+    try:
+        if isinstance(tree, LocalTree) and not tree.root.is_dir():
+            return []  # nothing was restored there; reading it says what is wrong
+        limit = tree.lock_wait if wait is None else min(wait, tree.lock_wait)
+        return _recover_folder(tree, spec.name, holder, limit)
+    finally:
+        tree.close()
 
 
 def _recover_folder(tree: Tree, name: str, holder: str, wait: float = 0.0) -> list[str]:
@@ -904,26 +494,11 @@ def _live(name: str, busy: SourceBusyError) -> InterruptedSwapError:
 
 def swap_pending(spec: SourceSpec, settings: Settings) -> bool:
     """Whether a swap record exists now (a restore started swapping into the source)."""
-    if spec.type == "directory":
-        assert spec.path is not None
-        return os.path.lexists(Path(spec.path) / RESTORE_JOURNAL / "journal.json")
-    if spec.type == "smb":
-        from infrabackup.sources.smb import SmbSource
-
-        smb = SmbSource(spec, settings)
-        try:
-            return SmbTree(smb).exists(JOURNAL_FILE)
-        finally:
-            smb.close()
-    if spec.type == "blob":
-        from infrabackup.sources.blob import BlobSource
-
-        blob = BlobSource(spec, settings)
-        try:
-            return BlobSite(blob).exists(JOURNAL_FILE)
-        finally:
-            blob.close()
-    return False
+    site = open_blob_site(spec, settings) if spec.type == "blob" else open_tree(spec, settings)
+    try:
+        return site.exists(JOURNAL_FILE)
+    finally:
+        site.close()
 
 
 @dataclass

@@ -423,6 +423,22 @@ class SambaSet:
         server = self.small if share == "small" else self.main
         return server.share_dir(share)
 
+    def empty_small(self) -> None:
+        """Remove what earlier tests left on the small share (one server serves the whole
+        run): a test that fills it, or lists it, starts from an empty disk. Through SMB,
+        as the tmpfs is visible to smbd only."""
+        from infrabackup.share import open_share
+
+        share = open_share(self.settings("small"))
+        try:
+            for entry in share.list_dir(""):
+                if entry.is_dir:
+                    share.remove_tree(entry.name)
+                else:
+                    share.remove(entry.name)
+        finally:
+            share.close()
+
 
 MAIN_SHARES: dict[str, dict[str, str]] = {
     "plain": {"read only": "no"},

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infrabackup.backup import BackupContext, Progress, run_backup, stamp_layout, utcnow
+from infrabackup.backup import BackupContext, run_backup
 from infrabackup.catalog import list_backups
 from infrabackup.keys.provider import decryption_keyring, encryption_wrapper
 from infrabackup.keys.wrap import generate_certificate
+from infrabackup.layout import stamp_layout, utcnow
+from infrabackup.progress import Progress
 from infrabackup.restore import restore_backup, verify_backup
 from infrabackup.settings import load_settings
 from infrabackup.share import LocalShare

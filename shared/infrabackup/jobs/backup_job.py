@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from infrabackup.backup import BackupContext, Clock, Progress, run_backup, stamp_layout, utcnow
+from infrabackup.backup import BackupContext, run_backup
 from infrabackup.errors import InfraBackupError, RefusedError
 from infrabackup.jobs.maintenance import MaintenanceStore, ShareMaintenanceStore, refuse_if_open
 from infrabackup.keys.provider import encryption_wrapper
 from infrabackup.keys.wrap import KeyWrapper
+from infrabackup.layout import Clock, stamp_layout, utcnow
 from infrabackup.manifest import Manifest
+from infrabackup.progress import NullProgress, Progress
 from infrabackup.settings import Settings
 from infrabackup.share.base import Share
 from infrabackup.telemetry import NullTelemetry, Telemetry
@@ -95,10 +97,9 @@ def run_backup_job(deps: JobDependencies, backup_id: str | None = None) -> Manif
                 refuse_if_open(maintenance)
                 wrapper = deps.wrapper or encryption_wrapper(settings, deps.clock())
                 ctx = BackupContext(settings, deps.share, wrapper, clock=deps.clock,
+                                    progress=deps.progress or NullProgress(),
                                     observer=deps.telemetry, extra_share=deps.extra_share,
                                     lock_held=True)
-                if deps.progress is not None:
-                    ctx.progress = deps.progress
                 if not deps.lock_held:
                     run = f" (run {deps.owner})" if deps.owner else ""
                     locked.enter_context(deps.share.lock(layout.lock,

@@ -19,22 +19,21 @@ records): a queue job's record belongs to its message, whose next delivery runs 
 again (:mod:`infrabackup.app.worker`) and whose poison handler ends it. Every such write is
 conditional on the ETag the record was read with, so a record its owner finished
 meanwhile is never overwritten. Nothing here touches the share's folders: what a dead run
-left is removed by the next backup, under the lock (:func:`infrabackup.backup.remove_interrupted`).
+left is removed by the next backup, under the lock
+(:func:`infrabackup.retention.remove_interrupted`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from infrabackup.catalog import list_backups
 from infrabackup.errors import GeneralFault, LockHeldError
 from infrabackup.jobs.backup_job import job_fields
 from infrabackup.jobs.job_store import JobStore
-from infrabackup.layout import StampLayout
+from infrabackup.layout import Clock, StampLayout
 from infrabackup.manifest import Manifest
 from infrabackup.share.base import Share
 
@@ -42,8 +41,6 @@ log = logging.getLogger("infrabackup.recovery")
 
 #: The ``trigger`` of a job record written by ``infrabackup backup``.
 CLI_TRIGGER = "cli"
-
-Clock = Callable[[], dt.datetime]
 
 
 def new_run_token() -> str:

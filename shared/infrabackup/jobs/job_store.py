@@ -34,11 +34,12 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from infrabackup.errors import ConfigError, RefusedError
 from infrabackup.jobs.storage import translate_storage_errors
+from infrabackup.layout import Clock, utcnow
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -59,13 +60,6 @@ _SYSTEM = frozenset({"PartitionKey", "RowKey", "Timestamp", "etag"})
 CLAIM_WITHOUT_RECORD_STALE = dt.timedelta(minutes=10)
 #: A claim whose job has been Queued this long without a delivery lost its message.
 QUEUED_STALE = dt.timedelta(hours=6)
-
-Clock = Callable[[], dt.datetime]
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
 
 def row_key(created: dt.datetime, backup_id: str) -> str:
     millis = int(created.timestamp() * 1000)
@@ -134,7 +128,7 @@ def from_entity(entity: dict[str, Any]) -> dict[str, Any]:
 class JobStore:
     """The job records of one stamp (a :class:`~infrabackup.jobs.backup_job.JobRecord`)."""
 
-    def __init__(self, table: TableClient, stamp: str, clock: Clock = _utcnow) -> None:
+    def __init__(self, table: TableClient, stamp: str, clock: Clock = utcnow) -> None:
         self.table = table
         self.stamp = stamp
         self.partition = f"jobs.{stamp}"
@@ -289,7 +283,7 @@ class StampClaim:
     ROW = "claim"
 
     def __init__(self, table: TableClient, stamp: str, jobs: JobStore,
-                 clock: Clock = _utcnow) -> None:
+                 clock: Clock = utcnow) -> None:
         self.table = table
         self.partition = f"state.{stamp}"
         self.jobs = jobs

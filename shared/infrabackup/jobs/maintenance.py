@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from infrabackup.errors import ConfigError, RefusedError
 from infrabackup.inputs import load_json
-from infrabackup.layout import StampLayout
+from infrabackup.layout import StampLayout, stamp_layout
 from infrabackup.settings import Settings
 from infrabackup.share.base import Share, join
 
@@ -179,16 +179,14 @@ class TableMaintenanceStore:
 def open_maintenance_store(settings: Settings, share: Share) -> MaintenanceStore:
     """The store the whole service agrees on: the job-record table when
     ``AzureWebJobsStorage`` is set (the Functions app's state), else the share's file."""
-    from infrabackup.jobs.storage import StorageAccount, stamp_key
+    from infrabackup.jobs.storage import stamp_key
 
     layout = _layout(settings)
-    if StorageAccount.configured(settings.raw):
-        account = StorageAccount.from_environ(settings.raw)
+    account = settings.storage_account()
+    if account is not None:
         return TableMaintenanceStore(account.table_client(), stamp_key(layout))
     return ShareMaintenanceStore(share, layout)
 
 
 def _layout(settings: Settings) -> StampLayout:
-    from infrabackup.backup import stamp_layout  # local: backup imports this module's users
-
     return stamp_layout(settings)

@@ -136,14 +136,27 @@ def held_error(raw: bytes) -> LockHeldError:
     return LockHeldError(held_message(raw), holder=holder if isinstance(holder, str) else None)
 
 
-def held_message(raw: bytes) -> str:
-    """The LockHeldError message for what a lock file says about its holder."""
+def holder_text(raw: bytes) -> str:
+    """Who holds a lock, from what its file says (:func:`lock_info`): holder, host, pid
+    and since; "another process" when the file cannot be read as a holder's (a damaged
+    lock file still means "held")."""
     try:
         info = load_json(raw, max_bytes=4096)
-        who = f"{info['holder']} on {info['host']} (pid {info['pid']}) since {info['since']}"
-    except (ValueError, KeyError, TypeError):  # a damaged lock file still means "held"
-        who = "another process"
+        return f"{info['holder']} on {info['host']} (pid {info['pid']}) since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def held_message(raw: bytes) -> str:
+    """The LockHeldError message for what a lock file says about its holder."""
     return (
-        f"Another backup of this stamp is running: the share lock is held by {who}. "
-        "Wait for it to finish; at most one backup per stamp runs at a time."
+        f"Another backup of this stamp is running: the share lock is held by "
+        f"{holder_text(raw)}. Wait for it to finish; at most one backup per stamp runs at a "
+        "time."
     )
+
+
+def remove_if_empty(share: Share, path: str) -> None:
+    """Remove the folder ``path`` if nothing is left in it."""
+    if share.stat(path) is not None and not share.list_dir(path):
+        share.remove_tree(path)

@@ -21,6 +21,7 @@ from infrabackup.errors import (
     InfraBackupError,
     PathError,
 )
+from infrabackup.localfs import remove_tree
 from infrabackup.share.base import (
     LOCK_RANGE,
     PARTIAL_MARKER,
@@ -125,7 +126,7 @@ class LocalShare:
         target = self._path(path)
         with translate_os_errors(f"removing {path}"):
             if target.is_dir():
-                shutil.rmtree(target)
+                remove_tree(target)  # without recursion: a tree may be deeper than the limit
 
     def make_dirs(self, path: str) -> None:
         self._check_root()

@@ -29,9 +29,11 @@ its end is read. A blob that is gone when it is opened is recorded as vanished.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +44,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -50,7 +53,17 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, BlobProperties, BlobServiceClient, ContainerClient
 
 from infrabackup.settings import Settings, SourceSpec
-from infrabackup.sources import SourceEntry, SourceError, is_reserved, selected, walk
+from infrabackup.share.base import lock_info
+from infrabackup.sources.base import (
+    LOCK_FILE,
+    Held,
+    SourceEntry,
+    SourceError,
+    busy_error,
+    is_reserved,
+    selected,
+    walk,
+)
 
 T = TypeVar("T")
 
@@ -58,6 +71,10 @@ T = TypeVar("T")
 RANGE_SIZE: Final = 4 * 1024 * 1024
 #: Retries of a failed request by the SDK's own policy (exponential backoff).
 RETRIES: Final = 3
+#: A blob source's restore lock is a lease this long, renewed every third of it.
+LEASE_SECONDS: Final = 15
+#: How long a run waits for the lease of a restore that may have died to run out.
+LEASE_WAIT_SECONDS: Final = LEASE_SECONDS + 5.0
 #: How long a server-side copy (restore) may take before it is a failure.
 COPY_TIMEOUT_SECONDS: Final = 600.0
 FILE_MODE = stat.S_IFREG | 0o644
@@ -211,22 +228,20 @@ class BlobSource:
 def _service_client(spec: SourceSpec, settings: Settings) -> BlobServiceClient:
     """A client from the setting ``spec.connection`` names (see the module docstring)."""
     setting = spec.connection or ""
-    raw = settings.raw
+    creds = spec.credentials
     options: dict[str, Any] = {
         "retry_total": RETRIES,
         "connection_timeout": settings.share_timeout_seconds,
         "read_timeout": settings.share_timeout_seconds,
     }
-    value = raw.get(setting, "").strip()
+    value = creds.connection.reveal() if creds.connection else ""
     url = value if value.lower().startswith(("https://", "http://")) else ""
     if not value:
-        url = (raw.get(f"{setting}__blobServiceUri", "") or raw.get(f"{setting}__serviceUri", ""))
-        url = url.strip()
+        url = creds.service_url or ""
     if url:
         from azure.identity import DefaultAzureCredential
 
-        client_id = raw.get(f"{setting}__clientId", "").strip() or None
-        credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+        credential = DefaultAzureCredential(managed_identity_client_id=creds.client_id)
         return BlobServiceClient(url, credential=credential, **options)
     if not value:
         raise SourceError(
@@ -329,3 +344,125 @@ class _BlobReader(io.RawIOBase):
 
 class _Modified(Exception):
     """A range download found a different ETag (HTTP 412)."""
+
+
+# ---- the restore writer -------------------------------------------------------------------
+
+
+class BlobSite:
+    """A blob source's journal, lock and listings, on top of :class:`BlobSource`."""
+
+    lock_wait = LEASE_WAIT_SECONDS
+
+    def __init__(self, source: BlobSource) -> None:
+        self.source = source
+        self.spec = source.spec
+        self.description = source.description
+
+    def _client(self, rel: str) -> Any:
+        return self.source.container.get_blob_client(self.source.prefix + rel)
+
+    def top_reserved(self) -> list[str]:
+        """Reserved top-level names under the prefix (virtual folders and blobs)."""
+        start = self.source.prefix + ".infrabackup-"
+        container = self.source.container
+        items = self.source.guard(
+            "listing", lambda: list(container.walk_blobs(name_starts_with=start, delimiter="/")))
+        names = {str(i.name)[len(self.source.prefix):].rstrip("/") for i in items}
+        return sorted(n for n in names if is_reserved(n))
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.source.guard(f"reading {rel}", self._client(rel).exists))
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return bytes(self.source.guard(
+                f"reading {rel}", lambda: self._client(rel).download_blob().readall()))
+        except SourceError as exc:
+            if exc.status == "404":
+                return None
+            raise
+
+    def write(self, rel: str, data: bytes) -> None:
+        """One Put Blob: readers see the old or the new bytes."""
+        self.source.guard(f"writing {rel}",
+                          lambda: self._client(rel).upload_blob(data, overwrite=True))
+
+    def close(self) -> None:
+        self.source.close()
+
+    def delete_under(self, rel_prefix: str) -> None:
+        for blob in self.source.names(rel_prefix):
+            self.source.delete(blob)
+
+    @contextlib.contextmanager
+    def lock(self, holder: str, wait: float = 0.0) -> Iterator[Held]:
+        """A lease on ``<prefix>.infrabackup-journal/lock``, renewed by a thread; waits up
+        to ``wait`` seconds for a lease that may belong to a dead restore to run out."""
+        blob = self._client(LOCK_FILE)
+        info = lock_info(holder)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                blob.upload_blob(info, overwrite=False)
+            except ResourceExistsError:
+                pass  # made by an earlier holder (leased or not)
+            except AzureError as exc:
+                raise self.source.error("taking the restore lock", exc) from None
+            try:
+                lease = blob.acquire_lease(lease_duration=LEASE_SECONDS)
+                break
+            except ResourceNotFoundError:
+                continue  # released and deleted by its holder just now: create it again
+            except AzureError as exc:
+                if getattr(exc, "error_code", None) != "LeaseAlreadyPresent":
+                    raise self.source.error("taking the restore lock", exc) from None
+            if time.monotonic() >= deadline:
+                raw = self.read(LOCK_FILE) or b""
+                raise busy_error(self.spec.name, self.description, raw,
+                            f" (If that process died, its lease ends within {LEASE_SECONDS} "
+                            "s: try again then.)")
+            time.sleep(1.0)
+        held = _Lease(self, lease)
+        try:
+            with contextlib.suppress(AzureError):
+                blob.upload_blob(info, overwrite=True, lease=lease)
+            yield held
+        finally:
+            held.release(blob)
+
+
+class _Lease:
+    """A held lease, renewed every third of its duration until released."""
+
+    def __init__(self, site: BlobSite, lease: Any) -> None:
+        self._site = site
+        self._lease = lease
+        self._stop = threading.Event()
+        self.lost: str | None = None
+        self._thread = threading.Thread(target=self._renew, name="restore-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                self._lease.renew()
+            except AzureError as exc:
+                self.lost = type(exc).__name__
+                return
+
+    def check(self) -> None:
+        if self.lost:
+            raise SourceError(
+                f"source {self._site.spec.name}: the lease on {self._site.description}'s "
+                f"restore lock could not be renewed ({self.lost}); another run may take it, "
+                "so this restore stopped. The next restore, backup or check finishes or "
+                "undoes what it left.")
+
+    def release(self, blob: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(AzureError):
+            self._lease.release()
+            # Without the lease: refused (412) if another run leased it meanwhile.
+            blob.delete_blob()

@@ -25,24 +25,23 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import functools
 import io
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-
-from smbprotocol.file_info import FileBasicInformation, FileStandardInformation
 
 from infrabackup.errors import (
     AuthenticationError,
     CapacityError,
     ConnectivityError,
     InfraBackupError,
+    LockHeldError,
     PathError,
 )
 from infrabackup.names import shown
-from infrabackup.settings import Secret, Settings, SourceSpec, UncPath, parse_unc
+from infrabackup.settings import Settings, SourceSpec, UncPath, parse_unc
 from infrabackup.share.smb import (
     STATUS_ACCESS_DENIED,
     STATUS_OBJECT_NAME_NOT_FOUND,
@@ -51,23 +50,29 @@ from infrabackup.share.smb import (
     SmbShare,
     status_hex,
 )
-from infrabackup.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
-from infrabackup.sources import (
-    DirectorySource,
+from infrabackup.share.smb._compat import SMBFileIO
+from infrabackup.sources.base import (
+    LOCK_FILE,
+    RESTORE_JOURNAL,
+    Held,
+    Kept,
     SourceEntry,
     SourceError,
+    busy_error,
     is_reserved,
     selected,
     walk,
 )
+from infrabackup.sources.directory import DirectorySource
 
 T = TypeVar("T")
 
 FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR | 0o755
 _NOT_FOUND = {status_hex(STATUS_OBJECT_NAME_NOT_FOUND), status_hex(STATUS_OBJECT_PATH_NOT_FOUND)}
-# 100-ns intervals between 1601-01-01 (FILETIME) and 1970-01-01.
-_EPOCH_FILETIME = 116444736000000000
+#: How long a run waits for an SMB server to close the restore lock of a client that just
+#: died.
+SMB_WAIT_SECONDS = 5.0
 
 
 class SmbSource:
@@ -85,14 +90,13 @@ class SmbSource:
         self.description = str(unc)
         self.base = "/".join(unc.folders)
         self.port = spec.port or 445
-        self._username = settings.raw.get(spec.username_setting or "", "").strip() or None
-        password = settings.raw.get(spec.password_setting or "", "")
+        self._username = spec.credentials.username
         # The share is opened at the SMB share's root so a restore can create the folder.
         self.share = SmbShare(
             UncPath(unc.host, unc.share, ()),
             port=self.port,
             username=self._username,
-            password=Secret(password) if password else None,
+            password=spec.credentials.password,
             timeout=settings.share_timeout_seconds,
         )
 
@@ -136,10 +140,8 @@ class SmbSource:
     def open(self, entry: SourceEntry) -> _SmbReader:
         """Open a file for live reading; FileNotFoundError / PermissionError as a folder would."""
         path = self.path(entry.path)
-        unc = self.share._unc(path)
-        opener = functools.partial(self.share._open, unc, "rb", share_access="rwd")
         try:
-            handle = self.share._call(f"opening {path}", opener, retry=True)
+            handle = self.share.open_read(path)
         except (PathError, AuthenticationError, InfraBackupError) as exc:
             if exc.status in _NOT_FOUND:
                 raise FileNotFoundError(errno.ENOENT, "vanished", entry.path) from None
@@ -208,16 +210,8 @@ class SmbSource:
 
     def rename(self, src: str, dst: str) -> None:
         """Rename ``src`` to ``dst`` (which must not exist) on the server; not retried."""
-        import smbclient
-
-        src_unc, dst_unc = self.share._unc(self.path(src)), self.share._unc(self.path(dst))
-        self.guard(
-            f"renaming {src} to {dst}",
-            lambda: self.share._call(
-                f"renaming {src} to {dst}",
-                lambda: smbclient.rename(src_unc, dst_unc, **self.share._kwargs()),
-            ),
-        )
+        self.guard(f"renaming {src} to {dst}",
+                   lambda: self.share.rename(self.path(src), self.path(dst)))
 
     def remove_tree(self, rel: str) -> None:
         self.guard(f"removing {rel}", lambda: self.share.remove_tree(self.path(rel)))
@@ -271,25 +265,15 @@ class SmbSource:
 
     def _make_dir(self, rel: str) -> None:
         """Create the folder ``rel``, whose parent exists (one request, not one per level)."""
-        unc = self.share._unc(self.path(rel))
-        what = f"creating {rel}"
-        self.guard(what, lambda: self.share._call(
-            what, functools.partial(self.share._mkdir, unc), retry=True))
+        self.guard(f"creating {rel}", lambda: self.share.make_dir(self.path(rel)))
 
     def _upload(self, local: Path, rel: str) -> None:
         self.guard(f"writing {rel}",
                    lambda: self.share.write_stream(self.path(rel), _file_chunks(local)))
 
     def _set_time(self, rel: str, mtime: float) -> None:
-        import smbclient
-
-        unc = self.share._unc(self.path(rel))
-
-        def utime() -> None:
-            smbclient.utime(unc, times=(mtime, mtime), **self.share._kwargs())
-
-        what = f"setting the time of {rel}"
-        self.guard(what, lambda: self.share._call(what, utime, retry=True))
+        self.guard(f"setting the time of {rel}",
+                   lambda: self.share.set_mtime(self.path(rel), mtime))
 
 
 #: What SMB names cannot hold (MS-FSCC 2.1.5.2), besides control characters.
@@ -341,35 +325,105 @@ class _SmbReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        share = self._source.share
-        count = self._source.guard(
-            f"reading {self._path}",
-            lambda: share._call(f"reading {self._path}",
-                                functools.partial(self._handle.readinto, view), connect=False),
-        )
-        return int(count or 0)
+        view, share = memoryview(buffer), self._source.share
+        return self._source.guard(f"reading {self._path}",
+                                  lambda: share.read_into(self._handle, view, self._path))
 
     def describe(self) -> tuple[int, int, float]:
         """(size, mode, mtime) of the open file, now, from the server."""
-
-        def query() -> tuple[int, float]:
-            with SMBFileTransaction(self._handle) as transaction:
-                query_info(transaction, FileStandardInformation)
-                query_info(transaction, FileBasicInformation)
-            standard, basic = transaction.results
-            filetime = int(basic["last_write_time"].get_value())
-            return (int(standard["end_of_file"].get_value()),
-                    (filetime - _EPOCH_FILETIME) / 10_000_000)
-
         share = self._source.share
-        size, mtime = self._source.guard(
-            f"reading {self._path}",
-            lambda: share._call(f"reading {self._path}", query, connect=False),
-        )
+        size, mtime = self._source.guard(f"reading {self._path}",
+                                         lambda: share.describe(self._handle, self._path))
         return size, FILE_MODE, mtime
 
     def close(self) -> None:
         if not self.closed:
-            self._source.share._close_handle(self._handle, self._path)
+            self._source.share.close_handle(self._handle, self._path)
         super().close()
+
+
+# ---- the restore writer -------------------------------------------------------------------
+
+
+class SmbTree:
+    """An SMB source folder as a :class:`Tree` (the SmbSource does the work)."""
+
+    lock_wait = SMB_WAIT_SECONDS
+
+    def __init__(self, source: SmbSource) -> None:
+        self.source = source
+        self.spec = source.spec
+        self.description = source.description
+
+    def list(self, rel: str) -> list[tuple[str, str]]:
+        return sorted(self.source.list(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.source.exists(rel)
+
+    def make_dirs(self, rel: str) -> None:
+        self.source.make_dirs(rel)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.source.rename(src, dst)
+
+    def remove_tree(self, rel: str) -> None:
+        entry = self.source.guard(f"reading {rel}",
+                                  lambda: self.source.share.stat(self.source.path(rel)))
+        if entry is not None and not entry.is_dir:
+            self.source.guard(f"removing {rel}",
+                              lambda: self.source.share.remove(self.source.path(rel)))
+        elif entry is not None:
+            self.source.remove_tree(rel)
+
+    def read_file(self, rel: str) -> bytes | None:
+        share, path = self.source.share, self.source.path(rel)
+
+        def read() -> bytes | None:
+            if share.stat(path) is None:
+                return None
+            return b"".join(share.read_stream(path))
+
+        return self.source.guard(f"reading {rel}", read)
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        # write_stream writes a temporary file beside it and renames it over: atomic.
+        share, path = self.source.share, self.source.path(rel)
+        self.source.guard(f"writing {rel}", lambda: share.write_stream(path, [data]))
+
+    def close(self) -> None:
+        self.source.close()
+
+    @contextlib.contextmanager
+    def lock(self, holder: str, wait: float = 0.0) -> Iterator[Held]:
+        """The share's own lock: a file held open for writing, shared for reading only;
+        the server closes it when this process's connection drops."""
+        share, path = self.source.share, self.source.path(LOCK_FILE)
+        deadline = time.monotonic() + wait
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(share.lock(path, holder))
+                    break
+                except LockHeldError:
+                    if time.monotonic() >= deadline:
+                        raise busy_error(self.spec.name, self.description,
+                                    share.lock_holder(path)) from None
+                    time.sleep(0.5)
+                except InfraBackupError as exc:
+                    raise self.source.error("taking the restore lock", exc) from None
+            try:
+                yield Kept()
+            finally:
+                stack.close()  # released first: only then can the file be deleted
+                self._unlink_lock()
+
+    def _unlink_lock(self) -> None:
+        """After release: remove the lock file and its folder unless someone holds or
+        fills them (the server refuses to delete a file another client has open)."""
+        share = self.source.share
+        with contextlib.suppress(InfraBackupError):
+            share.remove(self.source.path(LOCK_FILE))
+            folder = self.source.path(RESTORE_JOURNAL)
+            if not share.list_dir(folder):
+                share.remove_tree(folder)

@@ -1,4 +1,5 @@
-"""Overlapping stages of a stream: a bounded read-ahead in a worker thread.
+"""Overlapping stages of a stream: a bounded read-ahead in a worker thread, and the one
+re-chunker (:class:`Cutter`, :func:`records`).
 
 ``prefetch(chunks, depth)`` runs the producing iterator (read → tar → compress → encrypt)
 in a thread while the caller consumes (writes to the share), so CPU work and network
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -17,6 +19,9 @@ T = TypeVar("T")
 
 _DONE = object()
 _POLL_SECONDS = 0.2
+
+#: What the re-chunker takes (a view of any of them).
+Buffer = bytes | bytearray | memoryview
 
 
 class _Failure:
@@ -75,3 +80,67 @@ def _put(buffer: queue.Queue[object], stop: threading.Event, item: object) -> bo
         except queue.Full:
             continue
     return False
+
+
+class Cutter:
+    """The one re-chunker: a stream of buffers, taken ``n`` bytes at a time as lists of
+    views into them (no copies). The SMB pipe sends the views as they are (scatter-gather);
+    :func:`records` joins only what spans buffers."""
+
+    def __init__(self, chunks: Iterable[Buffer]) -> None:
+        self._chunks = iter(chunks)
+        self._front: deque[memoryview] = deque()
+
+    def take(self, size: int) -> tuple[list[memoryview], int]:
+        pieces: list[memoryview] = []
+        have = 0
+        while have < size:
+            if self._front:
+                view = self._front.popleft()
+            else:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                view = memoryview(chunk).cast("B")
+                if not view:
+                    continue
+            take = min(len(view), size - have)
+            pieces.append(view[:take])
+            if take < len(view):
+                self._front.appendleft(view[take:])
+            have += take
+        return pieces, have
+
+    def give_back(self, pieces: list[memoryview], keep: int) -> list[memoryview]:
+        """Keep the first ``keep`` bytes of ``pieces``; the rest is taken again next."""
+        kept: list[memoryview] = []
+        back: list[memoryview] = []
+        for view in pieces:
+            if keep >= len(view):
+                kept.append(view)
+                keep -= len(view)
+            elif keep > 0:
+                kept.append(view[:keep])
+                back.append(view[keep:])
+                keep = 0
+            else:
+                back.append(view)
+        self._front.extendleft(reversed(back))
+        return kept
+
+
+def records(chunks: Iterable[Buffer], size: int, *, empty_tail: bool = False
+            ) -> Iterator[bytes | memoryview]:
+    """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``).
+
+    A record that lies inside one chunk is a view into it (no copy); only a record that
+    spans chunks is gathered into a buffer of its own. The cipher takes any bytes-like
+    object, so each byte is copied at most once on its way from the chunks to it.
+    """
+    cutter = Cutter(chunks)
+    while True:
+        pieces, have = cutter.take(size)
+        if have or empty_tail:
+            yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if have < size:
+            return

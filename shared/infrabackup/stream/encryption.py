@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infrabackup.errors import IntegrityError
+from infrabackup.stream.chunks import records
 
 MAGIC = b"IBKS"
 FORMAT_VERSION = 2
@@ -125,7 +126,7 @@ def encrypt_stream(
     # segment boundary, in which case the last segment is empty.
     pending: bytes | memoryview | None = None
     index = 0
-    for piece in _records(chunks, segment_size, empty_tail=True):
+    for piece in records(chunks, segment_size, empty_tail=True):
         if pending is not None:
             yield aead.encrypt(_nonce(index, False), pending, header)
             index += 1
@@ -173,7 +174,7 @@ def decrypt_stream(chunks: Iterable[bytes], data_key: bytes, component: str) -> 
     def plaintexts() -> Iterator[bytes]:
         index = 0
         pending: bytes | memoryview | None = None
-        for record in _records(header.rest, segment_size + TAG_BYTES):
+        for record in records(header.rest, segment_size + TAG_BYTES):
             if pending is not None:
                 # A record followed by more data is not the last: its nonce says so.
                 yield _open(aead, index, False, pending, header.first, component)
@@ -227,41 +228,6 @@ def _take(it: Iterator[bytes], n: int) -> _Split:
         yield from it
 
     return _Split(bytes(buffer[:n]), rest())
-
-
-def _records(
-    chunks: Iterable[bytes], size: int, *, empty_tail: bool = False
-) -> Iterator[bytes | memoryview]:
-    """Exact ``size``-byte records, then the remainder (also when empty if ``empty_tail``).
-
-    A record that lies inside one chunk is a view into it (no copy); only a record that
-    spans chunks is gathered into a buffer of its own. The cipher takes any bytes-like
-    object, so each byte is copied at most once on its way from the chunks to it.
-    """
-    pending: list[memoryview] = []
-    have = 0
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        if have:
-            need = size - have
-            if len(view) < need:
-                pending.append(view)
-                have += len(view)
-                continue
-            pending.append(view[:need])
-            yield b"".join(pending)
-            view = view[need:]
-            pending, have = [], 0
-        whole = len(view) - len(view) % size
-        if whole == len(view) == size:
-            yield chunk if isinstance(chunk, bytes) and len(chunk) == size else view
-            continue
-        for start in range(0, whole, size):
-            yield view[start : start + size]
-        if whole < len(view):
-            pending, have = [view[whole:]], len(view) - whole
-    if have or empty_tail:
-        yield b"".join(pending)
 
 
 def _zstd_compress(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -82,6 +82,7 @@ from infrabackup.share.smb.wire import (
     signing_algorithm,
     verify,
 )
+from infrabackup.stream.chunks import Cutter
 
 #: Requests kept in flight on one open file, within the server's credits.
 PIPELINE_DEPTH: Final = 4
@@ -447,51 +448,6 @@ def attach(connection: Connection) -> Wire:
     return Wire.of(connection) or Wire(connection)
 
 
-class _Cutter:
-    """A stream of buffers, taken ``n`` bytes at a time as lists of views (no copies)."""
-
-    def __init__(self, chunks: Iterable[Buffer]) -> None:
-        self._chunks = iter(chunks)
-        self._front: deque[memoryview] = deque()
-
-    def take(self, size: int) -> tuple[list[memoryview], int]:
-        pieces: list[memoryview] = []
-        have = 0
-        while have < size:
-            if self._front:
-                view = self._front.popleft()
-            else:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                view = memoryview(chunk).cast("B")
-                if not view:
-                    continue
-            take = min(len(view), size - have)
-            pieces.append(view[:take])
-            if take < len(view):
-                self._front.appendleft(view[take:])
-            have += take
-        return pieces, have
-
-    def give_back(self, pieces: list[memoryview], keep: int) -> list[memoryview]:
-        """Keep the first ``keep`` bytes of ``pieces``; the rest is taken again next."""
-        kept: list[memoryview] = []
-        back: list[memoryview] = []
-        for view in pieces:
-            if keep >= len(view):
-                kept.append(view)
-                keep -= len(view)
-            elif keep > 0:
-                kept.append(view[:keep])
-                back.append(view[keep:])
-                keep = 0
-            else:
-                back.append(view)
-        self._front.extendleft(reversed(back))
-        return kept
-
-
 class FileChannel:
     """READs and WRITEs on one open file, up to ``depth`` in flight (module docstring).
 
@@ -659,7 +615,7 @@ class FileChannel:
         flight were answered).
         """
         full = min(WRITE_SIZE, int(self.connection.max_write_size or WRITE_SIZE))
-        cutter = _Cutter(chunks)
+        cutter = Cutter(chunks)
         written = 0
 
         def settle() -> None:

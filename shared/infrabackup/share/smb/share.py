@@ -40,7 +40,11 @@ from typing import Any, Final, cast
 import smbclient
 from smbprotocol.connection import Connection
 from smbprotocol.exceptions import SMBOSError, SMBResponseException
-from smbprotocol.file_info import FileAttributes
+from smbprotocol.file_info import (
+    FileAttributes,
+    FileBasicInformation,
+    FileStandardInformation,
+)
 from smbprotocol.open import LockFlags, SMB2LockElement
 
 from infrabackup.errors import (
@@ -60,7 +64,7 @@ from infrabackup.share.base import (
     parent_and_name,
 )
 from infrabackup.share.smb import pipe
-from infrabackup.share.smb._compat import SMBFileIO
+from infrabackup.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
 from infrabackup.share.smb.pipe import PIPELINE_DEPTH, WRITE_SIZE
 from infrabackup.share.smb.session import BACKOFF_SECONDS, RETRIES, SmbSession
 from infrabackup.share.smb.status import (
@@ -76,6 +80,8 @@ log = logging.getLogger("infrabackup.share.smb")
 
 #: Default bytes per chunk yielded by read_stream (one READ request each).
 READ_CHUNK: Final = pipe.READ_SIZE
+# 100-ns intervals between 1601-01-01 (FILETIME) and 1970-01-01.
+_EPOCH_FILETIME: Final = 116444736000000000
 #: The most of a lock file read to describe its holder.
 LOCK_INFO_MAX: Final = 4096
 
@@ -356,6 +362,64 @@ class SmbShare(SmbSession):
                 self._close_handle(handle, path, cache=cache)
             self._disconnect(cache)
             self._lock_caches.remove(cache)
+
+    # ---- verbs for an SMB source: read live, restore into it ---------------------------
+
+    def open_read(self, path: str) -> SMBFileIO:
+        """Open ``path`` for reading, shared for read, write and delete (a running service
+        is never blocked); retried. Read it with :meth:`read_into`, :meth:`describe`;
+        close it with :meth:`close_handle`."""
+        opener = functools.partial(self._open, self._unc(path), "rb", share_access="rwd")
+        return self._call(f"opening {path}", opener, retry=True)
+
+    def read_into(self, handle: SMBFileIO, view: memoryview, path: str) -> int:
+        """One READ of up to ``len(view)`` bytes at the handle's position; 0 at the end."""
+        count = self._call(f"reading {path}", functools.partial(handle.readinto, view),
+                           connect=False)
+        return int(count or 0)
+
+    def describe(self, handle: SMBFileIO, path: str) -> tuple[int, float]:
+        """(size, last-write time as a POSIX timestamp) of the open file, now, from the
+        server (one compound request)."""
+
+        def query() -> tuple[int, float]:
+            with SMBFileTransaction(handle) as transaction:
+                query_info(transaction, FileStandardInformation)
+                query_info(transaction, FileBasicInformation)
+            standard, basic = transaction.results
+            filetime = int(basic["last_write_time"].get_value())
+            return (int(standard["end_of_file"].get_value()),
+                    (filetime - _EPOCH_FILETIME) / 10_000_000)
+
+        return self._call(f"reading {path}", query, connect=False)
+
+    def close_handle(self, handle: SMBFileIO, path: str) -> None:
+        """Close a handle of :meth:`open_read`; never raises (clean-up)."""
+        self._close_handle(handle, path)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst``, which must not exist; not retried (a lost answer
+        would make the retry fail on a rename that happened)."""
+        src_unc, dst_unc = self._unc(src), self._unc(dst)
+        self._call(f"renaming {src} to {dst}",
+                   lambda: smbclient.rename(src_unc, dst_unc, **self._kwargs()))
+
+    def make_dir(self, path: str) -> None:
+        """Create the folder ``path``, whose parent exists (one request); an existing
+        folder is fine; retried."""
+        self._call(f"creating {path}", functools.partial(self._mkdir, self._unc(path)),
+                   retry=True)
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Set the access and last-write times of ``path``; retried."""
+        unc = self._unc(path)
+        self._call(f"setting the time of {path}",
+                   lambda: smbclient.utime(unc, times=(mtime, mtime), **self._kwargs()),
+                   retry=True)
+
+    def lock_holder(self, path: str) -> bytes:
+        """What the lock file ``path`` says about its holder; b"" if it cannot be read."""
+        return self._read_lock_info(path)
 
     def close(self) -> None:
         """Log off and close every connection of this share (bounded by the deadline).
