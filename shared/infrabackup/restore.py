@@ -35,8 +35,12 @@ from infrabackup.progress import NullProgress, Progress
 from infrabackup.share.base import Share
 from infrabackup.staging import RESTORING_PREFIX, HeldFolder, hold_new_folder, sweep
 from infrabackup.stream.archive import extract_stream
+from infrabackup.stream.chunks import prefetch
 from infrabackup.stream.encryption import check_manifest_mac, decrypt_stream, new_digest
 from infrabackup.versions import check_restore_allowed
+
+#: Decrypted segments produced ahead of the files being written.
+RESTORE_READ_AHEAD = 4
 
 
 @dataclass
@@ -295,12 +299,16 @@ def _stage_and_move(
         progress.component(record.name)
         staging = held.path / "c" / record.name
         staging.mkdir()
-        stats = extract_stream(
+        # Reading, the digest and decryption run ahead in a thread (all release the GIL)
+        # while this one writes the files: the stages overlap, memory stays at depth x
+        # segment size. The digest's verdict still comes before the end of the stream.
+        plain = prefetch(
             decrypt_stream(
                 _checked_stream(share, manifest, record, progress), data_key, record.name
             ),
-            staging,
+            RESTORE_READ_AHEAD, name=f"decrypt {record.name}",
         )
+        stats = extract_stream(plain, staging)
         result.components.append(
             {"name": record.name, "files": stats.files, "folders": stats.folders,
              "bytes": stats.bytes, "skipped": stats.skipped, "warnings": stats.warnings,

@@ -81,15 +81,23 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
+#: The byte sum of a header's constant fields (uid, gid, the checksum field as spaces,
+#: magic and version): the checksum adds only the fields that vary, not all 512 bytes.
+_CONSTANT_SUM = sum(b"0000000\0" * 2 + b" " * 8 + b"ustar\0" + b"00")
+
+
 def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int,
            linkname: bytes = b"") -> bytes:
-    header = bytearray(_USTAR.pack(
-        name, b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
-        b"%011o\0" % mtime, b" " * 8, typeflag, linkname, b"ustar\0", b"00",
+    name, linkname = name[:100], linkname[:100]  # what the fields hold (pack truncates)
+    mode_field, size_field = b"%07o\0" % mode, b"%011o\0" % size
+    mtime_field = b"%011o\0" % mtime
+    checksum = (_CONSTANT_SUM + sum(name) + sum(mode_field) + sum(size_field)
+                + sum(mtime_field) + typeflag[0] + sum(linkname))
+    return _USTAR.pack(
+        name, mode_field, b"0000000\0", b"0000000\0", size_field, mtime_field,
+        b"%06o\0 " % checksum, typeflag, linkname, b"ustar\0", b"00",
         b"", b"", b"", b"", b"",
-    ))
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    )
 
 
 def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
@@ -194,9 +202,16 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
         header = _header(path, "file", mode, mtime, size)
         padding = b"\0" * (-size % BLOCK)
         remaining = size
+        grew = None  # whether it grew while read, when the small-file read already says
         if 0 < size <= SMALL_FILE:
             # One item for header, data and padding: per-item costs dominate small files.
-            chunk = handle.read(size)
+            # One byte more than the size: a file that grew says so in the same call.
+            chunk = handle.read(size + 1)
+            grew = len(chunk) > size
+            if grew:
+                chunk = chunk[:size]
+            elif len(chunk) < size:
+                grew = None  # a short read: the rest is read below, and checked after
             remaining -= len(chunk)
             if progress:
                 progress(len(chunk))
@@ -214,7 +229,7 @@ def _file(source: Source, entry: SourceEntry, stats: ArchiveStats,
             if progress:
                 progress(len(chunk))
             yield chunk
-        changed = remaining > 0 or bool(handle.read(1))
+        changed = remaining > 0 or (grew if grew is not None else bool(handle.read(1)))
         if remaining:
             # The file shrank while we read it: keep the archive well-formed.
             yield b"\0" * remaining
@@ -335,24 +350,52 @@ def _describe(handle: object, entry: SourceEntry) -> tuple[int, int, float]:
 
 
 class ChunkReader(io.RawIOBase):
-    """A read-only file object over an iterator of byte chunks."""
+    """A read-only file object over an iterator of byte chunks, seekable forwards only.
+
+    What the tar reader reads through (``tarfile.TarFile`` in its seeking mode, which on
+    this object only ever seeks forwards): ``read(n)`` returns exactly ``n`` bytes but
+    at the end, a slice of one chunk when they lie in one (the whole chunk without a
+    copy), gathered once when they span chunks; ``seek`` forwards skips without copying.
+    ``tarfile``'s stream mode instead joined and sliced its buffer on every read, three
+    copies per byte; this is one at most.
+    """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._it = iter(chunks)
-        self._buffer = b""
+        self._buffer: bytes = b""
         self._pos = 0
+        self._base = 0  # stream offset of self._buffer[0]
 
     def readable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self._base + self._pos
+
     def _fill(self) -> bool:
         while self._pos >= len(self._buffer):
             try:
-                self._buffer = next(self._it)
+                chunk = next(self._it)
             except StopIteration:
                 return False
+            self._base += len(self._buffer)
+            self._buffer = chunk if isinstance(chunk, bytes) else bytes(chunk)
             self._pos = 0
         return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self.tell()
+        elif whence != io.SEEK_SET:
+            raise tarfile.StreamError("seeking from the end is not possible in a stream")
+        skip = offset - self.tell()
+        if skip < 0:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        while skip and self._fill():
+            n = min(skip, len(self._buffer) - self._pos)
+            self._pos += n
+            skip -= n
+        return self.tell()
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._fill():
@@ -362,26 +405,48 @@ class ChunkReader(io.RawIOBase):
         self._pos += n
         return n
 
+    def available(self) -> int:
+        """Bytes left in the current chunk (the next one's when it is used up); 0 at the end."""
+        return len(self._buffer) - self._pos if self._fill() else 0
+
+    def read_some(self, size: int) -> bytes | memoryview:
+        """Up to ``size`` bytes from the current chunk, without a copy (fewer at a chunk's
+        end; empty at the stream's): a member's data on its way to the file."""
+        if not size or not self._fill():
+            return b""
+        start, buffer = self._pos, self._buffer
+        n = min(size, len(buffer) - start)
+        self._pos += n
+        if start == 0 and n == len(buffer):
+            return buffer
+        return memoryview(buffer)[start : start + n]
+
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes; a whole chunk is returned as it is, without a copy (the
-        tar reader asks for a buffer's worth at a time)."""
         if size is None or size < 0:
             return self.readall()
-        if not self._fill():
+        if not size or not self._fill():
             return b""
-        start = self._pos
-        n = min(size, len(self._buffer) - start)
-        self._pos += n
-        if start == 0 and n == len(self._buffer) and isinstance(self._buffer, bytes):
-            return self._buffer
-        return bytes(memoryview(self._buffer)[start : start + n])
+        start, buffer = self._pos, self._buffer
+        if len(buffer) - start >= size:
+            self._pos += size
+            if start == 0 and size == len(buffer):
+                return buffer
+            return buffer[start : start + size]
+        parts = [memoryview(buffer)[start:]]
+        need = size - len(parts[0])
+        self._pos = len(buffer)
+        while need and self._fill():
+            n = min(need, len(self._buffer) - self._pos)
+            parts.append(memoryview(self._buffer)[self._pos : self._pos + n])
+            self._pos += n
+            need -= n
+        return b"".join(parts)
 
 
 #: Restored files get a hole wherever their data has a whole block of this many zero
 #: bytes (the usual file-system block): a sparse file comes back sparse.
 HOLE_BLOCK = 4096
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
-_ZERO_READ = bytes(READ_SIZE)
 
 #: OSError numbers that concern one entry (its name, or its place among the others), not
 #: the target: a folder that cannot hold that name (too long, characters or bytes its file
@@ -523,44 +588,80 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _write_data(reader: io.BufferedIOBase, fd: int, member: tarfile.TarInfo) -> None:
+def _write_data(archive: tarfile.TarFile, fd: int, member: tarfile.TarInfo) -> None:
     """Copy a member's data into the new file ``fd``, with holes for whole zero blocks.
 
     Blocks of :data:`HOLE_BLOCK` zero bytes (aligned in the file) are not written, and
     the holes of a member stored sparse are not even read; the final size is set at the
     end. Where the file system has no holes it stores zeros: the content is the same.
+    A member's data is written from the archive's chunks as they are, without a copy.
     """
-    sparse = getattr(member, "sparse", None)
-    regions = sparse if sparse is not None else [(0, member.size)]
-    if sparse is not None:
-        # The unbuffered reader: it seeks over a hole without reading (the buffered one
-        # refuses to seek on a stream, and reading would make the hole's zeros).
-        reader = reader.raw  # type: ignore[attr-defined]
     end = 0  # end of what was written
-    for start, length in regions:
-        if sparse is not None:
-            reader.seek(start)
-        offset = start
-        while offset < start + length and (
-            chunk := reader.read(min(READ_SIZE, start + length - offset))
-        ):
-            size = len(chunk)
-            if size == READ_SIZE and chunk == _ZERO_READ:
-                pass
-            elif size < HOLE_BLOCK or chunk.find(_ZERO_BLOCK) < 0:
-                _pwrite_all(fd, chunk, offset)  # no zero block in it: the common case
-                end = offset + size
+    sparse = getattr(member, "sparse", None)
+    if sparse is None:
+        stream = cast(ChunkReader, archive.fileobj)
+        stream.seek(member.offset_data)
+        offset = 0
+        while offset < member.size:
+            remaining, available = member.size - offset, stream.available()
+            if not available:
+                raise tarfile.ReadError("unexpected end of data")
+            n = min(READ_SIZE, remaining, available)
+            if n < remaining:
+                # End the piece on a block boundary of the file, so that a zero block
+                # across two chunks is still seen whole (and becomes a hole).
+                aligned = n - (offset + n) % HOLE_BLOCK
+                if aligned > 0:
+                    chunk: bytes | memoryview = stream.read_some(aligned)
+                else:  # the chunk ends inside one block: that block, gathered
+                    chunk = stream.read(min(remaining, HOLE_BLOCK - offset % HOLE_BLOCK))
             else:
-                end = _write_blocks(fd, chunk, offset) or end
-            offset += size
+                chunk = stream.read_some(n)
+            if not chunk:
+                raise tarfile.ReadError("unexpected end of data")
+            end = _write_piece(fd, chunk, offset) or end
+            offset += len(chunk)
+    else:
+        # tarfile's reader of the member: it seeks over a hole without reading it.
+        reader = cast(io.RawIOBase, cast(io.BufferedReader, archive.extractfile(member)).raw)
+        for start, length in sparse:
+            reader.seek(start)
+            offset = start
+            while offset < start + length and (
+                chunk := reader.read(min(READ_SIZE, start + length - offset)) or b""
+            ):
+                end = _write_piece(fd, chunk, offset) or end
+                offset += len(chunk)
     if member.size > end:
         os.ftruncate(fd, member.size)
 
 
-def _write_blocks(fd: int, chunk: bytes, offset: int) -> int | None:
-    """Write ``chunk`` at ``offset`` but its zero blocks; the end of what was written."""
+def _write_piece(fd: int, chunk: bytes | memoryview, offset: int) -> int | None:
+    """Write ``chunk`` at ``offset`` but its whole zero blocks (aligned in the file); the
+    end of what was written, None when nothing was."""
+    size = len(chunk)
+    first = -offset % HOLE_BLOCK  # where the first aligned block starts in chunk
+    if size - first < HOLE_BLOCK:
+        _pwrite_all(fd, chunk, offset)
+        return offset + size
+    # A zero block starts with a zero byte: in data (random, compressed, encrypted) that
+    # is rare at all aligned starts at once, so one strided look settles most chunks.
+    starts = chunk[first::HOLE_BLOCK]
+    if 0 not in (starts if isinstance(starts, bytes) else starts.tobytes()):
+        _pwrite_all(fd, chunk, offset)  # no zero block in it: the common case
+        return offset + size
+    data = chunk if isinstance(chunk, bytes) else chunk.tobytes()
+    if data.find(_ZERO_BLOCK) < 0:
+        _pwrite_all(fd, chunk, offset)
+        return offset + size
+    return _write_blocks(fd, data, offset, first)
+
+
+def _write_blocks(fd: int, chunk: bytes, offset: int, first: int) -> int | None:
+    """Write ``chunk`` at ``offset`` but its zero blocks, those starting at ``first`` and
+    every :data:`HOLE_BLOCK` after; the end of what was written."""
     view = memoryview(chunk)
-    start = pos = 0
+    start, pos = 0, first
     written = None
     while pos + HOLE_BLOCK <= len(chunk):
         if chunk[pos : pos + HOLE_BLOCK] == _ZERO_BLOCK:
@@ -601,11 +702,12 @@ def extract_stream(chunks: Iterable[bytes], dest: Path) -> ArchiveStats:
     folders = _FolderTimes(root)
     links: list[tuple[tuple[str, ...], str, str]] = []
     try:
-        # A large buffer: tarfile's default (10 KiB) would mean a Python call per 10 KiB.
-        # Names that are not UTF-8 come back as surrogateescape str (infrabackup.names).
-        archive = tarfile.open(  # noqa: SIM115 - closed by the with below
-            fileobj=ChunkReader(chunks), mode="r|", bufsize=READ_SIZE,
-            encoding="utf-8", errors="surrogateescape",
+        # The seeking mode over a reader that seeks forwards only (ChunkReader): the
+        # member data is read straight from the decrypted chunks, not through tarfile's
+        # stream buffer. Names that are not UTF-8 come back as surrogateescape str
+        # (infrabackup.names).
+        archive = tarfile.TarFile(
+            fileobj=ChunkReader(chunks), mode="r", encoding="utf-8", errors="surrogateescape",
         )
     except tarfile.ReadError as exc:
         raise IntegrityError(f"the component is not a valid archive ({exc}).") from None
@@ -682,9 +784,7 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: str
         _skip(stats, name, exc.strerror or str(exc))
         return
     try:
-        reader = archive.extractfile(member)
-        assert reader is not None
-        _write_data(reader, fd, member)  # type: ignore[arg-type]
+        _write_data(archive, fd, member)
         os.fchmod(fd, member.mode & 0o777)
         os.utime(fd, (member.mtime, member.mtime))
     finally:
