@@ -663,11 +663,11 @@ def _parse_bool(value: str, name: str, default: bool, problems: list[str]) -> bo
     return default
 
 
-def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
-    name = "BACKUP_SOURCES"
-    example = 'Example: [{"name": "ACS", "type": "directory", "path": "/data/acs"}].'
-    if not value:
-        return ()
+def json_array_setting(name: str, value: str, problems: list[str], *, max_bytes: int,
+                       noun: str, example: str, example_file: str) -> list[object] | None:
+    """The JSON array a setting holds, inline or as ``@file`` (at most ``max_bytes``); None
+    with one problem appended (naming ``name``, what is wrong, and ``example``) when it is
+    not one. ``noun`` names the array's items; ``example_file`` is shown for a bad name."""
     what = "the value"
     if value.startswith("@"):
         file_name = value[1:]
@@ -675,21 +675,34 @@ def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
         problem = path_problem(file_name)
         if problem:
             problems.append(f"{name}: {quote(file_name)} cannot be a file name: {problem}. "
-                            f"Example: @/etc/infrabackup/sources.json.")
-            return ()
+                            f"Example: @{example_file}.")
+            return None
         try:
-            value = read_text_file(Path(file_name).expanduser(), MAX_SOURCES_BYTES)
+            value = read_text_file(Path(file_name).expanduser(), max_bytes)
         except OSError as exc:
             problems.append(f"{name}: cannot read {quote(file_name)} "
                             f"({exc.strerror or exc}). {example}")
-            return ()
+            return None
     try:
-        data = load_json(value, max_bytes=MAX_SOURCES_BYTES)
+        data = load_json(value, max_bytes=max_bytes)
     except JsonInputError as exc:
         problems.append(f"{name}: {what} is not usable: {exc}. {example}")
-        return ()
+        return None
     if not isinstance(data, list):
-        problems.append(f"{name}: must be a JSON array of sources. {example}")
+        problems.append(f"{name}: must be a JSON array of {noun}. {example}")
+        return None
+    return data
+
+
+def _parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
+    name = "BACKUP_SOURCES"
+    example = 'Example: [{"name": "ACS", "type": "directory", "path": "/data/acs"}].'
+    if not value:
+        return ()
+    data = json_array_setting(name, value, problems, max_bytes=MAX_SOURCES_BYTES,
+                              noun="sources", example=example,
+                              example_file="/etc/infrabackup/sources.json")
+    if data is None:
         return ()
     if not data:
         problems.append(f"{name}: the array is empty, so a backup would hold nothing. List "

@@ -37,16 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infrabackup.errors import ConfigError, NotFoundError
-from infrabackup.inputs import JsonInputError, load_json, path_problem, quote
+from infrabackup.inputs import quote
 from infrabackup.settings import (
     DEFAULT_STAMP,
     SETTING_NAME_RE,
     Settings,
     is_dns_label,
     is_dns_name,
+    json_array_setting,
     load_settings,
     read_settings_file,
-    read_text_file,
 )
 
 __all__ = ["DEFAULT_STAMP", "OVERRIDABLE", "SECRET_OVERRIDES", "SETTING", "Fleet", "StampSpec",
@@ -205,28 +205,10 @@ def _environ(environ: Mapping[str, str] | None, settings_file: str | Path | None
 
 
 def _read(value: str, problems: list[str]) -> list[object] | None:
-    what = "the value"
-    if value.startswith("@"):
-        file_name = value[1:]
-        what = f"the file {quote(file_name)}"
-        problem = path_problem(file_name)
-        if problem:
-            problems.append(f"{SETTING}: {quote(file_name)} cannot be a file name: {problem}. "
-                            "Example: @/etc/infrabackup/stamps.json.")
-            return None
-        try:
-            value = read_text_file(Path(file_name).expanduser(), MAX_STAMPS_BYTES)
-        except OSError as exc:
-            problems.append(f"{SETTING}: cannot read {quote(file_name)} "
-                            f"({exc.strerror or exc}). {_EXAMPLE}")
-            return None
-    try:
-        data = load_json(value, max_bytes=MAX_STAMPS_BYTES)
-    except JsonInputError as exc:
-        problems.append(f"{SETTING}: {what} is not usable: {exc}. {_EXAMPLE}")
-        return None
-    if not isinstance(data, list):
-        problems.append(f"{SETTING}: must be a JSON array of stamps. {_EXAMPLE}")
+    data = json_array_setting(SETTING, value, problems, max_bytes=MAX_STAMPS_BYTES,
+                              noun="stamps", example=_EXAMPLE,
+                              example_file="/etc/infrabackup/stamps.json")
+    if data is None:
         return None
     if len(data) > MAX_STAMPS:
         problems.append(f"{SETTING}: {len(data)} stamps; one app backs up at most "
