@@ -876,6 +876,20 @@ def test_a_claim_left_behind_by_a_crash_does_not_block_the_stamp(
 # --- the fleet: an existing app that adds stamps -----------------------------------------
 
 
+def add_sea_stamp(stamp: Stamp, tmp_path: Path, keys: Keys,
+                  monkeypatch: pytest.MonkeyPatch) -> Stamp:
+    """Give the app a fleet: the stamp ``sea-prod`` on a share of its own (a local folder)
+    with one file in its ACS source, beside the app's own stamp ``default``."""
+    sea = make_stamp(tmp_path / "sea", keys)
+    (sea.source_dir("ACS") / "sea.json").write_text("{}")
+    monkeypatch.setenv("BACKUP_STAMPS", json.dumps([{
+        "id": "sea-prod", "externalDomain": "contoso.com",
+        "region": f"s{stamp.env['BACKUP_REGION']}",
+        "settings": {"BACKUP_SHARE_PATH": sea.env["BACKUP_SHARE_PATH"],
+                     "BACKUP_SOURCES": sea.env["BACKUP_SOURCES"]}}]))
+    return sea
+
+
 def test_adding_backup_stamps_keeps_the_existing_records_at_the_old_routes(
         stamp: Stamp, queue: QueueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         keys: Keys) -> None:
@@ -892,13 +906,7 @@ def test_adding_backup_stamps_keeps_the_existing_records_at_the_old_routes(
     body = json.dumps({**old_style, "backupId": second}).encode()
 
     # When the app gets a fleet beside its own stamp.
-    sea = make_stamp(tmp_path / "sea", keys)
-    (sea.source_dir("ACS") / "sea.json").write_text("{}")
-    monkeypatch.setenv("BACKUP_STAMPS", json.dumps([{
-        "id": "sea-prod", "externalDomain": "contoso.com",
-        "region": f"s{stamp.env['BACKUP_REGION']}",
-        "settings": {"BACKUP_SHARE_PATH": sea.env["BACKUP_SHARE_PATH"],
-                     "BACKUP_SOURCES": sea.env["BACKUP_SOURCES"]}}]))
+    sea = add_sea_stamp(stamp, tmp_path, keys, monkeypatch)
 
     # Then the old routes are the stamp default, with its records, and so is its prefix.
     old = call(function_app.list_backups, "GET", "backups").json["backups"]

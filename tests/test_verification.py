@@ -12,7 +12,6 @@ aside for a queued one.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -35,9 +34,10 @@ from infrabackup.services import AppServices
 from infrabackup.settings import load_settings
 from infrabackup.telemetry import alert_properties
 from infrabackup.verification import READY_UNKNOWN
-from tests.helpers import Keys, Stamp, make_keys, make_stamp
+from tests.helpers import Keys, Stamp, make_keys
 from tests.test_function_app import (  # noqa: F401 - fixtures
     HOST,
+    add_sea_stamp,
     backup_folders,
     call,
     deliver,
@@ -362,13 +362,7 @@ def test_in_a_fleet_each_stamp_is_verified_with_its_own_share_and_records(
         stamp: Stamp, queue: QueueClient, telemetry: Recorder, tmp_path: Path,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, keys: Keys) -> None:  # noqa: F811
     # Given an app with its own stamp and a second stamp on another share, each backed up.
-    sea = make_stamp(tmp_path / "sea", keys)
-    (sea.source_dir("ACS") / "sea.json").write_text("{}")
-    monkeypatch.setenv("BACKUP_STAMPS", json.dumps([{
-        "id": "sea-prod", "externalDomain": "contoso.com",
-        "region": f"s{stamp.env['BACKUP_REGION']}",
-        "settings": {"BACKUP_SHARE_PATH": sea.env["BACKUP_SHARE_PATH"],
-                     "BACKUP_SOURCES": sea.env["BACKUP_SOURCES"]}}]))
+    add_sea_stamp(stamp, tmp_path, keys, monkeypatch)
     own = backed_up(queue)
     queued = call(function_app.start_stamp_backup, "POST", "stamps/sea-prod/backups",
                   route_params={"stampId": "sea-prod"})
