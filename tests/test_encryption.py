@@ -7,14 +7,12 @@ import os
 import pytest
 
 from infrabackup.errors import IntegrityError
+from infrabackup.manifest import canonical_json, check_manifest_mac, manifest_mac
 from infrabackup.stream.encryption import (
     HEADER_BYTES,
     TAG_BYTES,
-    canonical_json,
-    check_manifest_mac,
     decrypt_stream,
     encrypt_stream,
-    manifest_mac,
     new_data_key,
 )
 

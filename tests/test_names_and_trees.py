@@ -21,7 +21,7 @@ from infrabackup.keys.provider import decryption_keyring
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import stamp_layout
 from infrabackup.localfs import remove_tree
-from infrabackup.manifest import Manifest
+from infrabackup.manifest import Manifest, canonical_json, check_manifest_mac
 from infrabackup.restore import restore_backup, unlock, verify_backup
 from infrabackup.restore_sources import restore_to_sources
 from infrabackup.settings import SourceSpec, load_settings
@@ -29,7 +29,6 @@ from infrabackup.share import LocalShare
 from infrabackup.sources import DirectorySource, SourceEntry
 from infrabackup.sources.smb import SmbSource
 from infrabackup.stream.archive import ArchiveStats, extract_stream, tar_stream
-from infrabackup.stream.encryption import canonical_json, check_manifest_mac
 from tests.helpers import Keys, Stamp, make_keys, make_stamp, stamp_with_sources, tree
 from tests.sources_helpers import SmbFolder
 

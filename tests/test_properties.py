@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from infrabackup.localfs import remove_tree
-from infrabackup.manifest import ComponentRecord, Manifest
+from infrabackup.manifest import ComponentRecord, Manifest, check_manifest_mac
 from infrabackup.restore import restore_backup, verify_backup
-from infrabackup.stream.encryption import check_manifest_mac, new_data_key
+from infrabackup.stream.encryption import new_data_key
 from tests.helpers import Keys, make_keys, make_stamp
 
 TREE_EXAMPLES = 80

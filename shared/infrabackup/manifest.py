@@ -8,6 +8,8 @@ the data key is unwrapped every field is authenticated. Field reference: docs/FO
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -24,7 +26,7 @@ from infrabackup.stream.encryption import (
     DIGESTS,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
-    manifest_mac,
+    manifest_key,
 )
 
 MANIFEST_FORMAT = 1
@@ -475,3 +477,33 @@ def _check_component(component: Any, index: int, layout: StampLayout, timestamp:
     elif file is not None:
         raise _Invalid(f"{where}it failed but names a file {_show(file)}")
     return name
+
+
+# --- authentication ----------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes the manifest MAC covers: sorted keys, no spaces, UTF-8.
+
+    A lone surrogate (a name byte that is not UTF-8, :mod:`infrabackup.names`) is encoded as
+    its three ``surrogatepass`` bytes; any other text encodes exactly as plain UTF-8, so
+    manifests written before such names were possible keep their MAC.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def manifest_mac(data_key: bytes, body: dict[str, Any]) -> str:
+    """HMAC-SHA256 (hex) of the manifest without its ``mac`` field."""
+    return hmac.new(manifest_key(data_key), canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def check_manifest_mac(data_key: bytes, manifest: dict[str, Any]) -> None:
+    """Raise IntegrityError unless the manifest's ``mac`` matches its content."""
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    expected = manifest_mac(data_key, body)
+    if not hmac.compare_digest(expected, str(manifest.get("mac", ""))):
+        raise IntegrityError(
+            "manifest.json failed authentication: it was modified after the backup was "
+            "written."
+        )

@@ -10,7 +10,7 @@ bytes. A source entry's path is such a ``str``; it is carried as (docs/FORMAT.md
 * **JSON** (the manifest's ``changedDuringBackup``/``vanishedDuringBackup``/``skipped``,
   ``--json`` output): a ``\\udcXX`` escape per such byte (:func:`json_text`); Python's
   ``json`` reads it back to the same ``str``;
-* **the manifest MAC** (:func:`infrabackup.stream.encryption.canonical_json`): a lone
+* **the manifest MAC** (:func:`infrabackup.manifest.canonical_json`): a lone
   surrogate as its three bytes ``ED B2 80`` .. ``ED B3 BF`` (``surrogatepass``); a text
   without one is encoded exactly as before, so every earlier manifest keeps its MAC;
 * **messages and logs** (:func:`shown`): ``\\xXX``, printable anywhere.

@@ -30,13 +30,13 @@ from infrabackup.errors import (
 )
 from infrabackup.keys.wrap import KeyRing
 from infrabackup.layout import StampLayout
-from infrabackup.manifest import ComponentRecord, Manifest
+from infrabackup.manifest import ComponentRecord, Manifest, check_manifest_mac
 from infrabackup.progress import NullProgress, Progress
 from infrabackup.share.base import Share
 from infrabackup.staging import RESTORING_PREFIX, HeldFolder, hold_new_folder, sweep
 from infrabackup.stream.archive import extract_stream
 from infrabackup.stream.chunks import prefetch
-from infrabackup.stream.encryption import check_manifest_mac, decrypt_stream, new_digest
+from infrabackup.stream.encryption import decrypt_stream, new_digest
 from infrabackup.versions import check_restore_allowed
 
 #: Decrypted segments produced ahead of the files being written.

@@ -1,5 +1,5 @@
-"""The encrypted stream format (version 2; version 1 is still read) and the manifest MAC.
-See docs/FORMAT.md.
+"""The encrypted stream format (version 2; version 1 is still read), and the key the
+manifest MAC is made with. See docs/FORMAT.md.
 
 A component stream is a 28-byte header followed by segments::
 
@@ -26,12 +26,10 @@ Memory: one segment in, one out; nothing grows with the stream.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, Protocol, cast
+from typing import Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -40,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infrabackup.errors import IntegrityError
 from infrabackup.stream.chunks import records
+from infrabackup.stream.compression import zstd_compress, zstd_decompress
 
 MAGIC = b"IBKS"
 FORMAT_VERSION = 2
@@ -121,7 +120,7 @@ def encrypt_stream(
     aead = AESGCM(_hkdf(data_key, salt, _STREAM_INFO + component.encode("utf-8")))
     yield header
     if compression == COMPRESSION_ZSTD:
-        chunks = _zstd_compress(chunks)
+        chunks = zstd_compress(chunks)
     # Hold one segment back so the final one can be marked: the stream may end on a
     # segment boundary, in which case the last segment is empty.
     pending: bytes | memoryview | None = None
@@ -188,7 +187,7 @@ def decrypt_stream(chunks: Iterable[bytes], data_key: bytes, component: str) -> 
         yield _open(aead, index, True, pending, header.first, component)
 
     if compression == COMPRESSION_ZSTD:
-        yield from _zstd_decompress(plaintexts(), component)
+        yield from zstd_decompress(plaintexts(), component, DEFAULT_SEGMENT_SIZE)
     else:
         yield from plaintexts()
 
@@ -230,75 +229,7 @@ def _take(it: Iterator[bytes], n: int) -> _Split:
     return _Split(bytes(buffer[:n]), rest())
 
 
-def _zstd_compress(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    import zstandard
-
-    compressor = zstandard.ZstdCompressor(level=1).compressobj()
-    for chunk in chunks:
-        out = compressor.compress(chunk)
-        if out:
-            yield out
-    yield compressor.flush()
-
-
-def _zstd_decompress(chunks: Iterable[bytes], component: str) -> Iterator[bytes]:
-    """Decompress with bounded output: a small authenticated segment must not be able to
-    expand into gigabytes at once (read_to_iter yields at most ``write_size`` per item)."""
-    import zstandard
-
-    # read_to_iter only calls read(); the stub asks for a full IO.
-    reader = cast("IO[bytes]", _ChunkFile(iter(chunks)))
-    try:
-        yield from zstandard.ZstdDecompressor().read_to_iter(
-            reader, read_size=DEFAULT_SEGMENT_SIZE, write_size=DEFAULT_SEGMENT_SIZE
-        )
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"{component}: compressed data is corrupt ({exc}).") from None
-
-
-class _ChunkFile:
-    """``read(n)`` over an iterator of byte chunks (what read_to_iter reads from)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._buffer:
-            piece = next(self._chunks, None)
-            if piece is None:
-                return b""
-            self._buffer = bytes(piece)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
-
-
-# --- manifest authentication ------------------------------------------------------
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The bytes the manifest MAC covers: sorted keys, no spaces, UTF-8.
-
-    A lone surrogate (a name byte that is not UTF-8, :mod:`infrabackup.names`) is encoded as
-    its three ``surrogatepass`` bytes; any other text encodes exactly as plain UTF-8, so
-    manifests written before such names were possible keep their MAC.
-    """
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8", "surrogatepass")
-
-
-def manifest_mac(data_key: bytes, body: dict[str, Any]) -> str:
-    """HMAC-SHA256 (hex) of the manifest without its ``mac`` field."""
-    key = _hkdf(data_key, None, _MANIFEST_INFO)
-    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
-
-
-def check_manifest_mac(data_key: bytes, manifest: dict[str, Any]) -> None:
-    """Raise IntegrityError unless the manifest's ``mac`` matches its content."""
-    body = {k: v for k, v in manifest.items() if k != "mac"}
-    expected = manifest_mac(data_key, body)
-    if not hmac.compare_digest(expected, str(manifest.get("mac", ""))):
-        raise IntegrityError(
-            "manifest.json failed authentication: it was modified after the backup was "
-            "written."
-        )
+def manifest_key(data_key: bytes) -> bytes:
+    """The key of the manifest MAC (:mod:`infrabackup.manifest`), derived from the
+    backup's data key and never stored."""
+    return _hkdf(data_key, None, _MANIFEST_INFO)
