@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
 import azure.functions as func
 
 from infrabackup.allocator import tune_allocator
-from infrabackup.app import fanout, openapi, verify, worker
-from infrabackup.app import routes as api
+from infrabackup.app import api, fanout, openapi, verify, worker
 from infrabackup.app.app_logging import quiet_sdk_logging
 from infrabackup.jobs.storage import POISON_QUEUE_NAME, QUEUE_NAME
 from infrabackup.services import AppServices, configure_app_telemetry

@@ -27,8 +27,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from infrabackup.alerts import NO_SUCCESSFUL_BACKUP, Alert
-from infrabackup.app import routes as api
-from infrabackup.app import worker
+from infrabackup.app import api, worker
 from infrabackup.app.heartbeat import run_tick
 from infrabackup.app.scheduler import next_run
 from infrabackup.errors import ConfigError

@@ -6,7 +6,7 @@ error, never another exception.
   local.settings.json files through ``load_settings``: a Settings, or a ConfigError whose
   every problem names a setting, with no secret in it;
 * HTTP bodies, query strings and ids through every route of
-  shared/infrabackup/app/routes.py, called as the host calls them, against Azurite: never
+  shared/infrabackup/app/api.py, called as the host calls them, against Azurite: never
   a 500 for a bad request, always JSON, the error shape on every error;
 * queue message bodies through the worker and the poison handler: nothing escapes, and
   the message ends in a finished job record (a Failed one for anything that is not a job).
