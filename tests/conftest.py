@@ -9,4 +9,6 @@ pytest_plugins = [
     "tests.servers.keyvault",
     "tests.servers.samba",
     "tests.sources_helpers",
+    # After the servers: it imports tests.servers.samba, which must be rewritten first.
+    "tests.app_fixtures",
 ]

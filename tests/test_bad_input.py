@@ -30,14 +30,7 @@ from infrabackup.settings import is_safe_name, load_settings
 from infrabackup.versions import parse_version
 from tests.helpers import Keys, Stamp, make_keys, make_stamp
 from tests.test_cli import run
-from tests.test_function_app import (  # noqa: F401  (fixtures)
-    call,
-    get_record,
-    post_backup,
-    queue,
-    stamp,
-    take_messages,
-)
+from tests.test_function_app import call, get_record, post_backup, take_messages
 
 GOOD = {"BACKUP_EXTERNAL_DOMAIN": "contoso.com", "BACKUP_REGION": "nyc"}
 SOURCE = {"name": "ACS", "type": "directory", "path": "/data/acs"}
@@ -330,7 +323,7 @@ def test_a_cli_path_option_no_file_system_can_hold_is_a_usage_error(tmp_path: Pa
 @pytest.mark.parametrize("body", [b"[" * 3000, b'{"note": ' + b"[" * 3000, b"{" * 4000,
                                   b'{"note": NaN}', b'{"operation": 1e999}'])
 def test_a_deeply_nested_or_odd_body_is_400_not_500(
-        stamp: Stamp, queue: QueueClient, name: str, method: str, route: str,  # noqa: F811
+        stamp: Stamp, queue: QueueClient, name: str, method: str, route: str,
         body: bytes) -> None:
     reply = call(getattr(function_app, name), method, route, body)
     reply.error(400, "InvalidRequest", "body")
@@ -338,20 +331,20 @@ def test_a_deeply_nested_or_odd_body_is_400_not_500(
 
 
 @pytest.mark.parametrize("limit", ["²", "9" * 5000, "٧", "1_0", "７", "-1", "+"])
-def test_a_limit_that_is_not_ascii_digits_is_400(stamp: Stamp, limit: str) -> None:  # noqa: F811
+def test_a_limit_that_is_not_ascii_digits_is_400(stamp: Stamp, limit: str) -> None:
     reply = call(function_app.list_backups, "GET", "backups", params={"limit": limit})
     message = reply.error(400, "InvalidRequest", "limit")
     assert len(message) < 300  # a 5,000-digit limit is not echoed whole
 
 
-def test_a_look_alike_backup_id_is_400_not_another_backup(stamp: Stamp) -> None:  # noqa: F811
+def test_a_look_alike_backup_id_is_400_not_another_backup(stamp: Stamp) -> None:
     look_alike = "3f2b8c1e-4d5a-4b6c-9e7f-0a1b2c3d4_5f"
     call(function_app.get_backup, "GET", f"backups/{look_alike}",
          route_params={"backupId": look_alike}).error(400, "InvalidBackupId", "backupId")
 
 
 def test_a_malformed_storage_setting_answers_500_naming_it(
-        stamp: Stamp, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        stamp: Stamp, monkeypatch: pytest.MonkeyPatch) -> None:
     # The request is fine; the app's own setting is wrong: the documented 500 naming it.
     monkeypatch.setenv("AzureWebJobsStorage", "AccountKey=x;garbage")
     message = call(function_app.list_backups, "GET", "backups").error(
@@ -370,7 +363,7 @@ def _nested_message(stamp_key: str, backup_id: str) -> bytes:
 
 
 @pytest.mark.parametrize("trigger", ["run_backup_job", "fail_poisoned_job"])
-def test_a_nested_queue_message_ends_as_a_failed_record(stamp: Stamp, trigger: str  # noqa: F811
+def test_a_nested_queue_message_ends_as_a_failed_record(stamp: Stamp, trigger: str
                                                         ) -> None:
     from infrabackup.services import AppServices
 
@@ -384,7 +377,7 @@ def test_a_nested_queue_message_ends_as_a_failed_record(stamp: Stamp, trigger: s
 
 
 def test_a_queue_message_whose_stamp_is_not_a_table_key_is_a_failed_record(
-        stamp: Stamp) -> None:  # noqa: F811
+        stamp: Stamp) -> None:
     backup_id = str(uuid.uuid4())
     body = json.dumps({"version": 1, "backupId": backup_id, "stamp": "a/b#c",
                        "trigger": "http", "requestedUtc": "2026-03-01T00:00:00+00:00"})
@@ -394,7 +387,7 @@ def test_a_queue_message_whose_stamp_is_not_a_table_key_is_a_failed_record(
 
 
 def test_a_malformed_message_naming_a_finished_job_leaves_its_record_alone(
-        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient) -> None:
     backup_id = post_backup().json["backupId"]
     [message] = take_messages(queue)
     function_app.run_backup_job(message)

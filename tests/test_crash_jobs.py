@@ -42,15 +42,11 @@ from infrabackup.share import Share, open_share
 from tests.crash import cli, kill_delays, run_and_kill, timed_run
 from tests.helpers import Stamp, tree, write_random
 from tests.helpers import run_command as command
-from tests.test_function_app import (  # noqa: F401  (fixtures)
+from tests.test_function_app import (
     backup_folders,
     deliver,
-    keys,
     post_backup,
-    queue,
     share_root,
-    smb_stamp,
-    stamp,
     take_messages,
 )
 
@@ -250,7 +246,7 @@ worker.process_message(AppServices(), sys.argv[1].encode(), message_id=sys.argv[
 
 
 def test_the_worker_killed_anywhere_is_recovered_by_the_next_delivery(
-        crash_stamp: tuple[str, Stamp], queue: QueueClient, tmp_path: Path) -> None:  # noqa: F811
+        crash_stamp: tuple[str, Stamp], queue: QueueClient, tmp_path: Path) -> None:
     kind, s = crash_stamp
     checker = Checker(s)
     env = dict(os.environ)

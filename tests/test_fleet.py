@@ -43,15 +43,10 @@ from infrabackup.telemetry import (
     AzureMonitorTelemetry,
 )
 from tests.helpers import Keys, make_keys, make_stamp, write_random
-from tests.servers.azurite import azurite, azurite_server  # noqa: F401 - fixtures
-from tests.servers.ingestion import (  # noqa: F401 - fixtures
-    IngestionServer,
-    azure_monitor,
-    ingestion,
-)
+from tests.servers.ingestion import IngestionServer
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
 from tests.servers.samba import USERNAME as SAMBA_USERNAME
-from tests.servers.samba import SambaSet, samba  # noqa: F401 - fixtures
+from tests.servers.samba import SambaSet
 
 LOCAL_STAMPS = 11  # plus default, also on a local folder
 SMB_STAMPS = 7  # plus the dead one
@@ -65,7 +60,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture
-def queue(azurite: str) -> QueueClient:  # noqa: F811
+def queue(azurite: str) -> QueueClient:
     client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
                                                 message_decode_policy=TextBase64DecodePolicy())
     with contextlib.suppress(ResourceExistsError):
@@ -103,8 +98,8 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,  # noqa: F811
-          samba: SambaSet, azure_monitor: AzureMonitorTelemetry) -> Fleet:  # noqa: F811
+def fleet(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
+          samba: SambaSet, azure_monitor: AzureMonitorTelemetry) -> Fleet:
     domain = f"f{uuid.uuid4().hex[:8]}.contoso.com"  # its own table partitions and folders
     base = make_stamp(tmp_path / "default", keys)
     write_random(base.source_dir("ACS") / "db.bin", 32 * 1024)
@@ -223,7 +218,7 @@ def tick_together(f: Fleet, now: dt.datetime) -> list[Any]:
 
 
 def test_twenty_stamps_get_one_backup_each_per_tick_and_a_dead_share_alerts_alone(
-        fleet: Fleet, queue: QueueClient, ingestion: IngestionServer) -> None:  # noqa: F811
+        fleet: Fleet, queue: QueueClient, ingestion: IngestionServer) -> None:
     f = fleet
     assert len(f.ids) == 20
     mark = ingestion.mark()

@@ -11,7 +11,6 @@ partition and its share folder are its own.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import json
 import os
@@ -21,98 +20,29 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+from azure.storage.queue import QueueClient
 
 import function_app
 from infrabackup.app import worker
 from infrabackup.jobs.storage import QUEUE_NAME, TABLE_NAME
 from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, load_settings
-from tests.helpers import Keys, Stamp, make_keys, make_stamp, write_random
+from tests.app_fixtures import SHARE_PASSWORD, SMB_FOLDERS
+from tests.helpers import Keys, Stamp, make_stamp
 from tests.servers.azurite import ACCOUNT_KEY
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
-from tests.servers.samba import USERNAME as SAMBA_USERNAME
-from tests.servers.samba import SambaSet
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "http://infrabackup.example.test"
 #: Recognisable secrets: none of them may appear in a table row or a response.
-SHARE_PASSWORD = "Sh4re-Pa55word-QUOKKA"
 LEGACY_KEY_MARK = "LeGaCyKeY"
-
-
-# --- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-def queue(azurite: str) -> QueueClient:
-    """The job queue, empty: what the host would read from."""
-    client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
-                                                message_decode_policy=TextBase64DecodePolicy())
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    client.clear_messages()
-    return client
-
-
-def _stamp(tmp_path: Path, keys: Keys) -> Stamp:
-    s = make_stamp(tmp_path, keys, [("ACS", "backup"), ("HLH", "region")])
-    s.env["BACKUP_REGION"] = f"r{uuid.uuid4().hex[:10]}"
-    write_random(s.source_dir("ACS") / "db.bin", 512 * 1024)
-    (s.source_dir("HLH") / "bmc.json").write_text('{"bmc": "192.0.2.10"}')
-    s.env["BACKUP_SHARE_PASSWORD"] = SHARE_PASSWORD
-    return s
-
-
-@pytest.fixture
-def stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
-          monkeypatch: pytest.MonkeyPatch) -> Stamp:
-    """A stamp on a local-folder share, its settings in the environment as app settings."""
-    s = _stamp(tmp_path, keys)
-    s.env["AzureWebJobsStorage"] = azurite
-    apply_env(monkeypatch, s.env)
-    return s
-
-
-@pytest.fixture
-def smb_stamp(tmp_path: Path, keys: Keys, azurite: str, queue: QueueClient,
-              samba: SambaSet, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stamp]:
-    """The same stamp on the real Samba share (a folder of its own in ``plain``)."""
-    s = _stamp(tmp_path, keys)
-    folder = f"fa-{uuid.uuid4().hex[:8]}"
-    (samba.share_dir("plain") / folder).mkdir()
-    SMB_FOLDERS[s.env["BACKUP_REGION"]] = samba.share_dir("plain") / folder
-    s.env.update({
-        "BACKUP_SHARE_PATH": f"\\\\127.0.0.1\\plain\\{folder}",
-        "BACKUP_SHARE_PORT": str(samba.main.port),
-        "BACKUP_SHARE_USERNAME": SAMBA_USERNAME,
-        "BACKUP_SHARE_PASSWORD": SAMBA_PASSWORD,
-        "BACKUP_SHARE_TIMEOUT_SECONDS": "20",
-        "AzureWebJobsStorage": azurite,
-    })
-    apply_env(monkeypatch, s.env)
-    yield s
-
-
-def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    for name in ALL_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
 
 
 # --- calling the app ---------------------------------------------------------------------
@@ -195,9 +125,6 @@ def share_root(stamp: Stamp) -> Path:
     """The share's folder on this machine (for an SMB stamp: the folder Samba serves)."""
     return SMB_FOLDERS.get(stamp.env["BACKUP_REGION"], Path(stamp.env["BACKUP_SHARE_PATH"]))
 
-
-#: The local folder behind each SMB stamp's share, by region.
-SMB_FOLDERS: dict[str, Path] = {}
 
 
 def table_rows(azurite: str) -> list[dict[str, Any]]:

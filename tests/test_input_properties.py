@@ -37,7 +37,7 @@ from infrabackup.jobs.storage import TABLE_NAME
 from infrabackup.layout import backup_id_or_none
 from infrabackup.settings import ALL_SETTINGS, SECRET_SETTINGS, SETTING_NAME_RE, load_settings
 from tests.helpers import Keys, Stamp, make_keys
-from tests.test_function_app import HOST, SHARE_PASSWORD, queue, stamp  # noqa: F401
+from tests.test_function_app import HOST, SHARE_PASSWORD
 
 #: Derandomized, no example database, no per-example deadline (CI machines are slow).
 BOUNDED = {"derandomize": True, "database": None, "deadline": None,
@@ -292,7 +292,7 @@ DOCUMENTED = {200: None, 202: None, 400: {"InvalidRequest", "InvalidBackupId"},
               404: {"NotFound"}, 409: {"Refused", "BackupAlreadyRunning"}}
 
 
-def test_any_request_to_any_route_is_answered_json_and_never_500(stamp: Stamp) -> None:  # noqa: F811
+def test_any_request_to_any_route_is_answered_json_and_never_500(stamp: Stamp) -> None:
     @settings(max_examples=HTTP_EXAMPLES, **BOUNDED)
     @given(route=st.sampled_from(ROUTES), body=BODIES, params=PARAMS, backup_id=IDS)
     def check(route: tuple[str, str, str], body: bytes, params: dict[str, str],
@@ -353,7 +353,7 @@ def messages(app_stamp: str) -> st.SearchStrategy[bytes]:
 
 
 def test_any_queue_message_ends_in_a_finished_record_and_nothing_escapes(
-        stamp: Stamp, azurite: str) -> None:  # noqa: F811
+        stamp: Stamp, azurite: str) -> None:
     from infrabackup.services import AppServices
 
     table = TableServiceClient.from_connection_string(azurite).get_table_client(TABLE_NAME)

@@ -35,15 +35,11 @@ from infrabackup.share import open_share
 from tests.crash import REPO, cli
 from tests.helpers import Stamp, write_random
 from tests.helpers import run_command as command
-from tests.test_function_app import (  # noqa: F401  (fixtures)
+from tests.test_function_app import (
     backup_folders,
     deliver,
     get_record,
-    keys,
     post_backup,
-    queue,
-    smb_stamp,
-    stamp,
     take_messages,
 )
 
@@ -120,7 +116,7 @@ def _deliver_together(message: Any, outcomes: list[str]) -> list[threading.Threa
 
 @pytest.mark.parametrize("share_kind", ["local", "smb"])
 def test_the_same_message_delivered_twice_at_once_runs_one_backup_and_ends_right(
-        share_kind: str, request: pytest.FixtureRequest, queue: QueueClient,  # noqa: F811
+        share_kind: str, request: pytest.FixtureRequest, queue: QueueClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
     on: Stamp = request.getfixturevalue("stamp" if share_kind == "local" else "smb_stamp")
     write_random(on.source_dir("ACS") / "big.bin", BIG, seed=4)
@@ -207,7 +203,7 @@ def running_delivery(message: Any) -> Any:
 
 
 def test_the_poison_handler_leaves_a_job_whose_owner_still_runs_alone(
-        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient) -> None:
     backup_id = post_backup().json["backupId"]
     [message] = take_messages(queue)
     with running_delivery(message) as result:
@@ -225,7 +221,7 @@ def test_the_poison_handler_leaves_a_job_whose_owner_still_runs_alone(
 
 
 def test_a_duplicate_delivery_that_cannot_reach_the_share_leaves_a_running_job_alone(
-        stamp: Stamp, queue: QueueClient, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, monkeypatch: pytest.MonkeyPatch) -> None:
     backup_id = post_backup().json["backupId"]
     [message] = take_messages(queue)
     with running_delivery(message) as result:
@@ -294,7 +290,7 @@ def _killed_cli_backup(s: Stamp) -> dict[str, Any]:
     return record
 
 
-def test_list_and_show_leave_a_running_cli_backup_alone(stamp: Stamp) -> None:  # noqa: F811
+def test_list_and_show_leave_a_running_cli_backup_alone(stamp: Stamp) -> None:
     with _stopped_cli_backup(stamp) as (proc, record):
         backup_id = record["backupId"]
         assert record["owner"] and record["host"]
@@ -307,7 +303,7 @@ def test_list_and_show_leave_a_running_cli_backup_alone(stamp: Stamp) -> None:  
 
 
 def test_a_killed_cli_backup_is_ended_by_show_even_while_another_run_holds_the_lock(
-        stamp: Stamp) -> None:  # noqa: F811
+        stamp: Stamp) -> None:
     record = _killed_cli_backup(stamp)
     backup_id = record["backupId"]
     # Another run holds the lock now (a prune, say): the record's token is stale.
@@ -326,7 +322,7 @@ def test_a_killed_cli_backup_is_ended_by_show_even_while_another_run_holds_the_l
 
 
 def test_a_killed_cli_backup_is_ended_by_the_next_queue_delivery(
-        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient) -> None:
     dead = _killed_cli_backup(stamp)["backupId"]
     assert backup_folders(stamp, dead)
     backup_id = post_backup().json["backupId"]

@@ -35,19 +35,14 @@ from infrabackup.settings import load_settings
 from infrabackup.telemetry import alert_properties
 from infrabackup.verification import READY_UNKNOWN
 from tests.helpers import Keys, Stamp, make_keys
-from tests.test_function_app import (  # noqa: F401 - fixtures
+from tests.test_function_app import (
     HOST,
     add_sea_stamp,
-    backup_folders,
     call,
     deliver,
     get_record,
-    keys,
     post_backup,
-    queue,
     run_cli,
-    smb_stamp,
-    stamp,
     take_messages,
 )
 
@@ -79,7 +74,7 @@ def telemetry(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return recorder
 
 
-def backed_up(queue: QueueClient) -> str:  # noqa: F811
+def backed_up(queue: QueueClient) -> str:
     """One backup through the API and the worker; its id."""
     backup_id = post_backup().json["backupId"]
     for message in take_messages(queue):
@@ -88,7 +83,7 @@ def backed_up(queue: QueueClient) -> str:  # noqa: F811
     return backup_id
 
 
-def run_verify_timer(queue: QueueClient) -> dict[str, Any]:  # noqa: F811
+def run_verify_timer(queue: QueueClient) -> dict[str, Any]:
     """The verify timer, then the worker on what it queued; the verification's record."""
     function_app.scheduled_verification(TimerRequest())
     [message] = take_messages(queue)
@@ -126,7 +121,7 @@ def flip_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("share_kind", ["local", "smb"])
 def test_a_flipped_byte_on_the_share_is_found_by_one_scheduled_run(
-        share_kind: str, request: pytest.FixtureRequest, queue: QueueClient,  # noqa: F811
+        share_kind: str, request: pytest.FixtureRequest, queue: QueueClient,
         telemetry: Recorder) -> None:
     the_stamp: Stamp = request.getfixturevalue("stamp" if share_kind == "local"
                                                else "smb_stamp")
@@ -183,7 +178,7 @@ def test_a_flipped_byte_on_the_share_is_found_by_one_scheduled_run(
 
 
 def test_the_rotation_is_persisted_so_the_next_run_reads_only_its_sample(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:
     first = backed_up(queue)
     assert run_verify_timer(queue)["fullReads"] == [first]
     # The next day: read yesterday, due in a week; nothing is due, the budget is
@@ -202,7 +197,7 @@ def test_the_rotation_is_persisted_so_the_next_run_reads_only_its_sample(
 
 
 def test_the_drill_decrypts_the_newest_backup_and_says_recovery_ready(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder,  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKUP_DRILL_CERT", str(stamp.keys.pfx))
     older = backed_up(queue)
@@ -229,7 +224,7 @@ def test_the_drill_decrypts_the_newest_backup_and_says_recovery_ready(
 
 
 def test_a_retained_backup_whose_key_is_gone_is_warned_about(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder,  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder,
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     old = backed_up(queue)
     rotated = make_keys(tmp_path / "rotated", "rotated")
@@ -249,7 +244,7 @@ def test_a_retained_backup_whose_key_is_gone_is_warned_about(
 
 
 def test_on_demand_verify_is_queued_one_at_a_time_and_refused_in_a_window(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:
     backup_id = backed_up(queue)
 
     def post(target: str) -> Any:
@@ -277,7 +272,7 @@ def test_on_demand_verify_is_queued_one_at_a_time_and_refused_in_a_window(
 
 
 def test_a_verification_never_runs_while_a_backup_holds_the_stamp_lock(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:
     backed_up(queue)
     function_app.scheduled_verification(TimerRequest())
     [message] = take_messages(queue)
@@ -296,7 +291,7 @@ def test_a_verification_never_runs_while_a_backup_holds_the_stamp_lock(
 
 
 def test_a_verification_steps_aside_while_a_backup_job_is_queued(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder) -> None:
     backed_up(queue)
     function_app.scheduled_verification(TimerRequest())
     [verify_message] = take_messages(queue)
@@ -320,7 +315,7 @@ def test_a_verification_steps_aside_while_a_backup_job_is_queued(
 
 
 def test_the_verify_timer_is_skipped_in_a_maintenance_window(
-        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient) -> None:
     call(function_app.open_maintenance, "PUT", "maintenance", {"operation": "fru"})
     function_app.scheduled_verification(TimerRequest())
     assert take_messages(queue) == []
@@ -329,7 +324,7 @@ def test_the_verify_timer_is_skipped_in_a_maintenance_window(
 
 
 def test_a_poisoned_job_records_the_real_delivery_count(
-        stamp: Stamp, queue: QueueClient) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient) -> None:
     backup_id = post_backup().json["backupId"]
     [message] = take_messages(queue)
     # The host gave up after its maxDequeueCount deliveries and copied the message to the
@@ -359,8 +354,8 @@ def test_the_corruption_error_names_backup_and_component_on_the_general_path() -
 
 
 def test_in_a_fleet_each_stamp_is_verified_with_its_own_share_and_records(
-        stamp: Stamp, queue: QueueClient, telemetry: Recorder, tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch, keys: Keys) -> None:  # noqa: F811
+        stamp: Stamp, queue: QueueClient, telemetry: Recorder, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, keys: Keys) -> None:
     # Given an app with its own stamp and a second stamp on another share, each backed up.
     add_sea_stamp(stamp, tmp_path, keys, monkeypatch)
     own = backed_up(queue)
