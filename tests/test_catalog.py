@@ -195,3 +195,18 @@ def _verifies(stamp: Stamp, backup_id: str) -> bool:
         return verify_backup(stamp.share, stamp.layout, backup_id, stamp.keyring()).ok
     except IntegrityError:
         return False
+
+
+def test_a_folder_named_like_a_timestamp_of_no_real_date_breaks_nothing(
+        stamp: Stamp) -> None:
+    """``20261302T030405Z`` matches the timestamp pattern but is no date: not ours."""
+    good = _backup_at(stamp, NOW)
+    masbackup = Path(stamp.env["BACKUP_SHARE_PATH"]) / stamp.layout.masbackup
+    (masbackup / "20261302T030405Z" / good.backup_id).mkdir(parents=True)
+
+    assert [m.backup_id for m in list_backups(stamp.share, stamp.layout).backups] == [
+        good.backup_id]
+    plan = plan_prune(stamp.share, stamp.layout, NOW + dt.timedelta(days=30), 7)
+    apply_prune(stamp.share, stamp.layout, plan)
+    assert (masbackup / "20261302T030405Z").is_dir()  # not ours: left alone
+    assert find_backup(stamp.share, stamp.layout, good.backup_id).backup_id == good.backup_id

@@ -85,6 +85,7 @@ def test_timestamp_round_trip_in_utc() -> None:
 @pytest.mark.parametrize("text", [
     "", "20260102T030405", "20260102T030405Z\n", "2026010２T030405Z",
     "x20260102T030405Z", "2026-01-02T03:04:05Z",
+    "20261302T030405Z", "20260230T030405Z", "20260102T250405Z",  # no such date or time
 ])
 def test_not_a_timestamp_is_none(text: str) -> None:
     assert parse_timestamp(text) is None

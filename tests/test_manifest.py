@@ -16,8 +16,7 @@ import pytest
 
 from infrabackup.errors import IntegrityError
 from infrabackup.layout import StampLayout
-from infrabackup.manifest import ComponentRecord, Manifest
-from infrabackup.stream.encryption import check_manifest_mac
+from infrabackup.manifest import ComponentRecord, Manifest, check_manifest_mac
 
 KEY = bytes(range(32))
 WHERE = "contoso.com/east/MASBackup/20260102T030405Z/x/manifest.json"

@@ -49,9 +49,14 @@ def format_timestamp(when: dt.datetime) -> str:
 
 
 def parse_timestamp(text: str) -> dt.datetime | None:
+    """The UTC time a ``YYYYMMDDTHHMMSSZ`` folder name stands for; None for any other name,
+    a date that does not exist (month 13, 30 February) included: such a folder is not ours."""
     if not TIMESTAMP_RE.fullmatch(text):
         return None
-    return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
+    try:
+        return dt.datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
 
 
 def parse_backup_id(text: str) -> str:
