@@ -75,6 +75,10 @@ class SmbSession:
         self._client_guid = uuid.uuid4()
         self._cache: dict[str, Connection] = {}
         self._session_lock = threading.Lock()
+        #: The UNC path of the share's root folder (``\\host\share\folders``).
+        self._root = "\\\\" + "\\".join((unc.host, unc.share, *unc.folders))
+        #: The caches of held locks: each lock has a connection of its own.
+        self._lock_caches: list[dict[str, Connection]] = []
 
     def _kwargs(self, cache: dict[str, Connection] | None = None) -> dict[str, Any]:
         """smbclient arguments: our own cache and port, our session (made by _connect)."""

@@ -52,7 +52,7 @@ from infrabackup.errors import (
     GeneralFault,
     InfraBackupError,
 )
-from infrabackup.settings import Secret, Settings, UncPath
+from infrabackup.settings import Settings, UncPath
 from infrabackup.share.base import (
     LOCK_RANGE,
     PARTIAL_MARKER,
@@ -66,7 +66,7 @@ from infrabackup.share.base import (
 from infrabackup.share.smb import pipe
 from infrabackup.share.smb._compat import SMBFileIO, SMBFileTransaction, query_info
 from infrabackup.share.smb.pipe import PIPELINE_DEPTH, WRITE_SIZE
-from infrabackup.share.smb.session import BACKOFF_SECONDS, RETRIES, SmbSession
+from infrabackup.share.smb.session import SmbSession
 from infrabackup.share.smb.status import (
     _LOCK_CONFLICT,
     _NOT_FOUND,
@@ -95,26 +95,6 @@ class SmbShare(SmbSession):
     Methods raise only :class:`~infrabackup.errors.InfraBackupError` subclasses. One SmbShare may
     be used from one thread at a time; :meth:`close` releases its connections.
     """
-
-    def __init__(
-        self,
-        unc: UncPath,
-        *,
-        port: int = 445,
-        username: str | None = None,
-        password: Secret | None = None,
-        require_encryption: bool = False,
-        timeout: float = 60.0,
-        retries: int = RETRIES,
-        backoff: float = BACKOFF_SECONDS,
-    ) -> None:
-        super().__init__(
-            unc, port=port, username=username, password=password,
-            require_encryption=require_encryption, timeout=timeout, retries=retries,
-            backoff=backoff,
-        )
-        self._root = "\\\\" + "\\".join((unc.host, unc.share, *unc.folders))
-        self._lock_caches: list[dict[str, Connection]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmbShare:
