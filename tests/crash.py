@@ -127,6 +127,40 @@ def run_and_kill(
     return run.finish(killed, started, timeout)
 
 
+def run_until_killed(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    *,
+    reset: Callable[[], None],
+    finished: Callable[[Outcome], None],
+    when: Callable[[], bool] | None = None,
+    after: float | None = None,
+    attempts: int = 3,
+    poll: float = 0.0002,
+) -> Outcome:
+    """:func:`run_and_kill`, tried again when the run ended before its moment came.
+
+    A moment whose window is a few milliseconds wide, or a kill by time on a run faster
+    than the one :func:`timed_run` measured, is otherwise missed on a fast machine and the
+    case tests nothing. Before each try ``reset()`` puts the starting state back; each run
+    that ended by itself is handed to ``finished(outcome)``, which asserts it came out
+    right (a missed kill is still a run to check). A moment by time (no ``when``) comes
+    30 % sooner on each try. Returns the killed outcome, or the last one when no try was
+    killed.
+    """
+    outcome: Outcome | None = None
+    for _ in range(max(1, attempts)):
+        reset()
+        outcome = run_and_kill(argv, env, when=when, after=after, poll=poll)
+        if outcome.killed:
+            return outcome
+        finished(outcome)
+        if when is None and after is not None:
+            after *= 0.7
+    assert outcome is not None
+    return outcome
+
+
 def _holds(predicate: Callable[[], bool]) -> bool:
     """The predicate, with the races of reading a tree that is being changed absorbed."""
     try:

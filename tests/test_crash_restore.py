@@ -37,7 +37,7 @@ from infrabackup.restore_sources import restore_to_sources
 from infrabackup.sources import InterruptedSwapError
 from infrabackup.staging import sweep
 from infrabackup.swap_journal import recover_source, recover_sources
-from tests.crash import cli, kill_delays, run_and_kill, timed_run
+from tests.crash import Outcome, cli, kill_delays, run_and_kill, run_until_killed, timed_run
 from tests.helpers import Keys, Stamp, make_keys, stamp_with_sources, write_random
 from tests.sources_helpers import BLOB_SETTING, SmbFolder, read_tree
 
@@ -292,15 +292,16 @@ def _run_folder_case(case: FolderCase, tally: Tally, n_timed: int) -> None:
         (name, pred, None) for name, pred in _folder_kill_points(case)]
     moments += [(f"at {t:.2f} s", None, t)
                 for t in kill_delays(baseline.elapsed, n_timed, start=baseline.elapsed * 0.3)]
+    def finished(outcome: Outcome) -> None:
+        tally.finished += 1
+        assert outcome.returncode == 0, outcome.stderr
+        assert read_tree(case.root) == case.new
+
     runs = ("restore", "backup", "check")
     for i, (name, when, after) in enumerate(moments):
-        case.reset()
-        outcome = run_and_kill(argv, env, when=when, after=after if after else 120.0,
-                               poll=0.001)
+        outcome = run_until_killed(argv, env, reset=case.reset, finished=finished,
+                                   when=when, after=after if after else 120.0, poll=0.001)
         if not outcome.killed:
-            tally.finished += 1
-            assert outcome.returncode == 0, outcome.stderr
-            assert read_tree(case.root) == case.new
             continue
         tally.kills += 1
         phase = _journal_phase(case.journal)
@@ -547,17 +548,25 @@ def test_restore_to_a_blob_source_survives_kills_at_every_step(
         killed: list[tuple[str, Stamp, ContainerClient, str]] = []
         for name, when, after in moments:
             container = new_container()
-            _copy_into(container, old)
             run_stamp = stamp_with_sources(tmp_path / container.container_name, keys,
                                            [spec(container)], {BLOB_SETTING: azurite})
             run_stamp.env["BACKUP_SHARE_PATH"] = stamp.env["BACKUP_SHARE_PATH"]
             probe = (lambda c=container, w=when: w(c)) if when else None
-            outcome = run_and_kill(argv, {**_base_env(), **run_stamp.env}, when=probe,
-                                   after=after if after else 120.0, poll=0.01)
-            if not outcome.killed:
+
+            def reset(c: ContainerClient = container) -> None:
+                for blob in list(c.list_blob_names()):
+                    c.delete_blob(blob)
+                _copy_into(c, old)
+
+            def finished(outcome: Outcome, c: ContainerClient = container) -> None:
                 tally.finished += 1
                 assert outcome.returncode == 0, outcome.stderr
-                assert _contents(container) == new
+                assert _contents(c) == new
+
+            outcome = run_until_killed(argv, {**_base_env(), **run_stamp.env},
+                                       reset=reset, finished=finished, when=probe,
+                                       after=after if after else 120.0, poll=0.01)
+            if not outcome.killed:
                 continue
             tally.kills += 1
             phase = _journal_phase(lambda c=container: journal(c))
@@ -659,14 +668,19 @@ def test_restore_to_a_folder_survives_kills_at_every_step(
                for t in kill_delays(baseline.elapsed, 4, start=baseline.elapsed * 0.3)]
     tally = Tally("restore --to DIR")
     runs = ("restore", "elsewhere", "backup")
-    for i, (name, when, after) in enumerate(points):
+    def reset() -> None:
         for folder in (dest, other):
             shutil.rmtree(folder, ignore_errors=True)
-        outcome = run_and_kill(argv, env, when=when, after=after if after else 120.0,
-                               poll=0.001)
+
+    def finished(outcome: Outcome) -> None:
+        tally.finished += 1
+        assert outcome.returncode == 0, outcome.stderr
+        assert {c: read_tree(dest / c) for c in expected} == expected
+
+    for i, (name, when, after) in enumerate(points):
+        outcome = run_until_killed(argv, env, reset=reset, finished=finished, when=when,
+                                   after=after if after else 120.0, poll=0.001)
         if not outcome.killed:
-            tally.finished += 1
-            assert outcome.returncode == 0, outcome.stderr
             continue
         tally.kills += 1
         had_staging = staging() is not None
