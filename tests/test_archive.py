@@ -12,11 +12,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infrabackup.errors import IntegrityError
 from infrabackup.settings import SourceSpec
 from infrabackup.sources import DirectorySource
-from infrabackup.stream.archive import ArchiveStats, extract_stream, tar_stream
+from infrabackup.stream.archive import ArchiveStats, _header, extract_stream, tar_stream
 
 MTIME = 1_700_000_000.5  # sub-second: carried in a pax record
 NON_UTF8 = b"caf\xe9-latin1.txt"  # a POSIX name that is not UTF-8
@@ -141,3 +143,31 @@ def test_a_member_cut_short_is_refused(tmp_path: Path) -> None:
     archive, _ = _tar_of(src)
     with pytest.raises(IntegrityError):
         _restore(archive[:50_000], tmp_path / "dest")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(st.characters(codec="utf-8", exclude_characters="\0/"), min_size=1,
+                 max_size=120).filter(lambda n: n not in (".", "..")),
+    kind=st.sampled_from(["file", "dir"]),
+    mode=st.integers(0, 0o7777),
+    mtime=st.one_of(st.integers(0, 2**33).map(float),
+                    st.floats(0, 2**33, allow_nan=False, allow_infinity=False)),
+    size=st.one_of(st.integers(0, 1 << 20), st.just(8**11 - 1), st.just(8**11)),
+)
+def test_every_header_reads_back_as_what_it_describes(
+    name: str, kind: str, mode: int, mtime: float, size: int
+) -> None:
+    """The short path of _header (ASCII names of up to 100 bytes, the common entry) and
+    the general one describe an entry the same way to a tar reader: name, kind, mode,
+    size, mtime to the nanosecond tarfile keeps."""
+    path = name + "/" if kind == "dir" else name
+    header = _header(path, kind, 0o100000 | mode if kind == "file" else 0o40000 | mode,
+                     mtime, size if kind == "file" else 0)
+    member = tarfile.TarFile(fileobj=io.BytesIO(header + b"\0" * 1024)).next()
+    assert member is not None
+    assert member.name == name
+    assert member.isdir() if kind == "dir" else member.isreg()
+    assert member.mode == mode
+    assert member.size == (size if kind == "file" else 0)
+    assert abs(member.mtime - mtime) < 1e-6 * max(1.0, mtime / 1e9)
