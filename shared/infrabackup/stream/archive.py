@@ -121,7 +121,7 @@ def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
         main = _block(name, _TYPE[kind], mode & 0o7777, size, max(seconds, 0))
         if mtime == seconds:
             return main
-        record = _pax_record("mtime", f"{mtime:.9f}".rstrip("0").encode())
+        record = _mtime_record(mtime)
         return _pax_header(len(record)) + record + b"\0" * (-len(record) % BLOCK) + main
     target = (link or "").encode("utf-8", "surrogateescape")
     records = []
@@ -143,13 +143,18 @@ def _header(entry_path: str, kind: str, mode: int, mtime: float, size: int = 0,
     if size > _MAX_OCTAL_SIZE:
         records.append(_pax_record("size", str(size).encode()))
     if mtime != seconds:
-        records.append(_pax_record("mtime", f"{mtime:.9f}".rstrip("0").encode()))
+        records.append(_mtime_record(mtime))
     main = _block(name, _TYPE[kind], stat.S_IMODE(mode), min(size, _MAX_OCTAL_SIZE),
                   max(seconds, 0), target)
     if not records:
         return main
     pax = b"".join(records)
     return _pax_header(len(pax)) + pax + b"\0" * (-len(pax) % BLOCK) + main
+
+
+def _mtime_record(mtime: float) -> bytes:
+    """The pax record of a sub-second mtime, to the nanosecond, trailing zeros dropped."""
+    return _pax_record("mtime", f"{mtime:.9f}".rstrip("0").encode())
 
 
 @functools.lru_cache(maxsize=64)
