@@ -14,7 +14,6 @@ schedule every stamp gets one job again.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import socket
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from infrabackup.app import worker
@@ -42,7 +40,7 @@ from infrabackup.telemetry import (
     SUCCESS_EVENT,
     AzureMonitorTelemetry,
 )
-from tests.helpers import Keys, make_keys, make_stamp, write_random
+from tests.helpers import Keys, make_stamp, write_random
 from tests.servers.ingestion import IngestionServer
 from tests.servers.samba import PASSWORD as SAMBA_PASSWORD
 from tests.servers.samba import USERNAME as SAMBA_USERNAME
@@ -52,21 +50,6 @@ LOCAL_STAMPS = 11  # plus default, also on a local folder
 SMB_STAMPS = 7  # plus the dead one
 WORKER_THREADS = 4
 SCHEDULE = "0 0 */12 * * *"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return make_keys(tmp_path_factory.mktemp("fleet-keys"), "fleet")
-
-
-@pytest.fixture
-def queue(azurite: str) -> QueueClient:
-    client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
-                                                message_decode_policy=TextBase64DecodePolicy())
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    client.clear_messages()
-    return client
 
 
 def dead_port() -> int:

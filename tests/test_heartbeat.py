@@ -13,7 +13,6 @@ stamp falls silent, and the failure rule fires on a recorded failure.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import uuid
@@ -23,8 +22,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+from azure.storage.queue import QueueClient
 
 from infrabackup.alerts import NO_SUCCESSFUL_BACKUP, Alert
 from infrabackup.app import api, worker
@@ -32,7 +30,6 @@ from infrabackup.app.heartbeat import run_tick
 from infrabackup.app.scheduler import next_run
 from infrabackup.errors import ConfigError
 from infrabackup.jobs.maintenance import MaintenanceWindow
-from infrabackup.jobs.storage import QUEUE_NAME
 from infrabackup.services import AppServices
 from infrabackup.telemetry import (
     ALERT_EVENT,
@@ -41,7 +38,7 @@ from infrabackup.telemetry import (
     SUCCESS_EVENT,
     AzureMonitorTelemetry,
 )
-from tests.helpers import Keys, make_keys, make_stamp, write_random
+from tests.helpers import Keys, make_stamp, write_random
 from tests.kusto import analyse, rule_query
 from tests.kusto.evaluator import parse_datetime
 from tests.kusto.monitor import Event, Rule
@@ -49,20 +46,6 @@ from tests.servers.ingestion import IngestionServer, base_data
 
 SDK_EVENT_PROPERTIES = {"logger_name"}
 H = dt.timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return make_keys(tmp_path_factory.mktemp("heartbeat-keys"), "heartbeat")
-
-
-@pytest.fixture
-def queue(azurite: str) -> QueueClient:
-    client = QueueClient.from_connection_string(azurite, QUEUE_NAME,
-                                                message_decode_policy=TextBase64DecodePolicy())
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    return client
 
 
 @dataclass
